@@ -1,0 +1,228 @@
+"""Per-modality transforms: video frames -> normalised clips (torchvision.transforms.v2), SpecAugment on log-mels.
+
+Randomness comes only from an explicit ``torch.Generator`` (never the global RNG), so a sample is reproducible in
+any worker. Crop/flip parameters are drawn once and applied to every frame of a segment; to give all S segments
+of a clip the same view, draw them once with :meth:`VideoTransform.sample_params` and pass ``params=`` for each
+segment, or call the transform on a whole clip ``[S, T, H, W, 3]`` with ``share_params=True`` (the default).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torchvision.transforms.v2 import InterpolationMode
+from torchvision.transforms.v2 import functional as TF
+
+__all__ = ["CropParams", "SpecAugment", "VideoTransform", "denormalize_video"]
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class CropParams:
+    """A crop box ``[top, top + height) x [left, left + width)`` in input pixels, and whether to flip it."""
+
+    top: int
+    left: int
+    height: int
+    width: int
+    flip: bool = False
+
+
+def _rand(generator: torch.Generator | None) -> float:
+    return float(torch.rand((), generator=generator, dtype=torch.float64))
+
+
+def _randint(low: int, high: int, generator: torch.Generator | None) -> int:
+    """Uniform integer in ``[low, high]`` (inclusive)."""
+    return int(torch.randint(low, high + 1, (), generator=generator))
+
+
+class VideoTransform:
+    """uint8 frames ``[T, H, W, 3]`` -> float32 ``[3, T, h, w]`` normalised (also ``[S, T, H, W, 3]`` ->
+    ``[S, 3, T, h, w]``).
+
+    - eval (``train=False``): resize (aspect kept) until ``size`` just fits, centre crop ``size`` (a square
+      ``size`` means: short side to ``size``);
+    - train: random resized crop (area fraction ``scale``, aspect ``ratio``, as torchvision's RandomResizedCrop)
+      then horizontal flip with probability ``hflip_p``.
+    """
+
+    def __init__(
+        self,
+        size: int | Sequence[int] = 224,
+        train: bool = False,
+        scale: Sequence[float] = (0.2, 1.0),
+        ratio: Sequence[float] = (3 / 4, 4 / 3),
+        hflip_p: float = 0.5,
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
+        share_params: bool = True,
+    ):
+        self.size = (int(size), int(size)) if isinstance(size, int) else (int(size[0]), int(size[1]))
+        if min(self.size) < 1:
+            raise ValueError(f"VideoTransform: size must be positive, got {size}")
+        if not (0 < scale[0] <= scale[1] <= 1) or not (0 < ratio[0] <= ratio[1]):
+            raise ValueError(f"VideoTransform: bad scale={tuple(scale)} or ratio={tuple(ratio)}")
+        if not 0.0 <= hflip_p <= 1.0:
+            raise ValueError(f"VideoTransform: hflip_p must lie in [0, 1], got {hflip_p}")
+        if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
+            raise ValueError(f"VideoTransform: mean/std need 3 values (std > 0), got {mean}, {std}")
+        self.train = train
+        self.scale = (float(scale[0]), float(scale[1]))
+        self.ratio = (float(ratio[0]), float(ratio[1]))
+        self.hflip_p = float(hflip_p)
+        self.mean = tuple(float(m) for m in mean)
+        self.std = tuple(float(s) for s in std)
+        self.share_params = share_params
+
+    def __repr__(self) -> str:
+        return (
+            f"VideoTransform(size={self.size}, train={self.train}, scale={self.scale}, ratio={self.ratio}, "
+            f"hflip_p={self.hflip_p}, share_params={self.share_params})"
+        )
+
+    def sample_params(self, height: int, width: int, generator: torch.Generator | None = None) -> CropParams:
+        """Crop box and flip for an ``height x width`` input (deterministic given ``generator``)."""
+        if not self.train:
+            return self._center_params(height, width)
+        area = height * width
+        log_ratio = (math.log(self.ratio[0]), math.log(self.ratio[1]))
+        flip = False
+        for _ in range(10):
+            target = area * (self.scale[0] + (self.scale[1] - self.scale[0]) * _rand(generator))
+            aspect = math.exp(log_ratio[0] + (log_ratio[1] - log_ratio[0]) * _rand(generator))
+            w = int(round(math.sqrt(target * aspect)))
+            h = int(round(math.sqrt(target / aspect)))
+            if 0 < w <= width and 0 < h <= height:
+                top, left = _randint(0, height - h, generator), _randint(0, width - w, generator)
+                break
+        else:  # fall back to a centre crop clamped to the aspect range (as torchvision does)
+            in_ratio = width / height
+            if in_ratio < self.ratio[0]:
+                w, h = width, int(round(width / self.ratio[0]))
+            elif in_ratio > self.ratio[1]:
+                h, w = height, int(round(height * self.ratio[1]))
+            else:
+                w, h = width, height
+            top, left = (height - h) // 2, (width - w) // 2
+        if self.hflip_p > 0:
+            flip = _rand(generator) < self.hflip_p
+        return CropParams(top, left, h, w, flip)
+
+    def _center_params(self, height: int, width: int) -> CropParams:
+        """Eval view: the largest centred box with the output's aspect (resize so the output just fits, then
+        centre crop; for a square output: short side to ``size``), in input pixels."""
+        out_h, out_w = self.size
+        s = max(out_h / height, out_w / width)
+        h = min(height, int(round(out_h / s)))
+        w = min(width, int(round(out_w / s)))
+        return CropParams((height - h) // 2, (width - w) // 2, h, w, False)
+
+    def _apply(self, frames: torch.Tensor, p: CropParams) -> torch.Tensor:
+        x = frames.permute(0, 3, 1, 2)  # [T, 3, H, W]: v2 treats T as a batch, one box for all frames
+        x = TF.resized_crop(
+            x,
+            p.top,
+            p.left,
+            p.height,
+            p.width,
+            list(self.size),
+            interpolation=InterpolationMode.BILINEAR,
+            antialias=True,
+        )
+        if p.flip:
+            x = TF.horizontal_flip(x)
+        x = TF.to_dtype(x, torch.float32, scale=True)
+        x = TF.normalize(x, list(self.mean), list(self.std))
+        return x.permute(1, 0, 2, 3).contiguous()  # [3, T, h, w]
+
+    def __call__(
+        self,
+        frames: torch.Tensor,
+        params: CropParams | None = None,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        if not isinstance(frames, torch.Tensor) or frames.dtype != torch.uint8:
+            raise TypeError(
+                f"VideoTransform expects uint8 frames [T, H, W, 3], got {getattr(frames, 'dtype', frames)}"
+            )
+        if frames.dim() not in (4, 5) or frames.shape[-1] != 3:
+            raise ValueError(
+                f"VideoTransform expects frames [T, H, W, 3] or [S, T, H, W, 3], got {tuple(frames.shape)}"
+            )
+        height, width = int(frames.shape[-3]), int(frames.shape[-2])
+        if params is not None and (params.top + params.height > height or params.left + params.width > width):
+            raise ValueError(f"VideoTransform: crop {params} does not fit frames of {height}x{width}")
+        if frames.dim() == 4:
+            return self._apply(frames, params or self.sample_params(height, width, generator))
+        if params is None and self.share_params:
+            params = self.sample_params(height, width, generator)
+        outs = [self._apply(seg, params or self.sample_params(height, width, generator)) for seg in frames]
+        return torch.stack(outs)
+
+
+def denormalize_video(
+    x: torch.Tensor, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD
+) -> torch.Tensor:
+    """Undo the normalisation of ``[..., 3, T, H, W]`` video: values back in [0, 1] (not clamped)."""
+    if x.dim() < 4 or x.shape[-4] != 3:
+        raise ValueError(f"denormalize_video expects [..., 3, T, H, W], got {tuple(x.shape)}")
+    m = torch.tensor(mean, dtype=x.dtype, device=x.device).view(3, 1, 1, 1)
+    s = torch.tensor(std, dtype=x.dtype, device=x.device).view(3, 1, 1, 1)
+    return x * s + m
+
+
+class SpecAugment:
+    """Frequency and time masking on log-mels ``[..., F, M]`` (F frames, M mel bins).
+
+    Each of the leading items gets ``num_masks`` time masks of width ``U{0..time_mask}`` frames and ``num_masks``
+    frequency masks of width ``U{0..freq_mask}`` bins, placed uniformly; masked cells are set to ``fill`` (0 is the
+    mean of normalised features). Identity when ``num_masks == 0`` or both widths are 0. Returns a new tensor.
+    """
+
+    def __init__(self, freq_mask: int = 0, time_mask: int = 0, num_masks: int = 1, fill: float = 0.0):
+        if freq_mask < 0 or time_mask < 0 or num_masks < 0:
+            raise ValueError(
+                f"SpecAugment: freq_mask, time_mask, num_masks must be >= 0, got {freq_mask}, {time_mask}, {num_masks}"
+            )
+        self.freq_mask, self.time_mask, self.num_masks, self.fill = freq_mask, time_mask, num_masks, fill
+
+    @property
+    def enabled(self) -> bool:
+        return self.num_masks > 0 and (self.freq_mask > 0 or self.time_mask > 0)
+
+    def __repr__(self) -> str:
+        return (
+            f"SpecAugment(freq_mask={self.freq_mask}, time_mask={self.time_mask}, num_masks={self.num_masks})"
+        )
+
+    def _masks(self, n: int, size: int, max_width: int, generator: torch.Generator | None) -> torch.Tensor:
+        """bool [n, size]: union of ``num_masks`` random bands per row."""
+        mask = torch.zeros(n, size, dtype=torch.bool)
+        if max_width == 0 or size == 0:
+            return mask
+        max_width = min(max_width, size)
+        pos = torch.arange(size)
+        for _ in range(self.num_masks):
+            width = torch.randint(0, max_width + 1, (n, 1), generator=generator)
+            start = (torch.rand((n, 1), generator=generator, dtype=torch.float64) * (size - width + 1)).long()
+            mask |= (pos >= start) & (pos < start + width)
+        return mask
+
+    def __call__(self, spec: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        if spec.dim() < 2:
+            raise ValueError(f"SpecAugment expects [..., frames, mels], got {tuple(spec.shape)}")
+        if not self.enabled:
+            return spec
+        frames, mels = spec.shape[-2], spec.shape[-1]
+        flat = spec.reshape(-1, frames, mels)
+        n = flat.shape[0]
+        t_mask = self._masks(n, frames, self.time_mask, generator).to(spec.device)
+        f_mask = self._masks(n, mels, self.freq_mask, generator).to(spec.device)
+        full = t_mask[:, :, None] | f_mask[:, None, :]
+        return flat.masked_fill(full, self.fill).reshape(spec.shape)
