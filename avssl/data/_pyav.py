@@ -1,0 +1,400 @@
+"""PyAV (FFmpeg) implementation of probing and window decoding. Private: use ``avssl.data.media``.
+
+All times handed in and out are seconds on the file clock (origin = container start, see docs/time.md). Inside,
+a stream timestamp ``pts`` becomes ``pts * time_base - origin``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import Any
+
+import av
+import numpy as np
+
+from avssl.data.errors import DecodeError, MediaNotFound
+from avssl.data.types import MediaInfo, StreamInfo
+
+SEEK_RETRIES = (0.0, 1.0, 8.0, math.inf)  # back off this much more when a seek lands after the target
+AUDIO_PREROLL = 0.5  # audio seeks this much before the window (Matroska audio seeks land 36-48 ms late)
+AUDIO_TAIL = 0.1  # decode this much audio past the window end (covers the resampler's delay)
+MAX_PACKETS_PAST_END = 512  # hard bound on packets read after the window end without output
+_EPS = 1e-9
+
+
+def open_container(path: str, threads: int | None = None) -> av.container.InputContainer:
+    """Open ``path`` for reading; raise MediaNotFound / DecodeError naming the file."""
+    if not os.path.exists(path):
+        raise MediaNotFound(path, "no such file")
+    if not os.path.isfile(path) or not os.access(path, os.R_OK):
+        raise MediaNotFound(path, "not a readable file")
+    try:
+        container = av.open(path, mode="r", metadata_errors="ignore")
+    except av.FFmpegError as e:
+        raise DecodeError(path, f"cannot open container: {e}") from e
+    except (OSError, ValueError, UnicodeDecodeError) as e:
+        raise DecodeError(path, f"cannot open container: {e}") from e
+    if threads is not None:
+        for s in container.streams:
+            if s.type in ("video", "audio"):
+                s.codec_context.thread_count = int(threads)
+    return container
+
+
+def container_origin(container: Any) -> Fraction:
+    """The file clock's origin in the streams' own clock (exact seconds): the container start, else the earliest
+    stream start."""
+    if container.start_time is not None:
+        return Fraction(container.start_time, av.time_base)
+    starts = [
+        Fraction(s.start_time) * s.time_base
+        for s in container.streams
+        if s.start_time is not None and s.time_base is not None and s.type in ("video", "audio")
+    ]
+    return min(starts) if starts else Fraction(0)
+
+
+def _parse_duration_tag(value: str | None) -> float | None:
+    m = re.fullmatch(r"(\d+):(\d+):(\d+(?:\.\d+)?)", value or "")
+    if not m:
+        return None
+    return int(m.group(1)) * 3600 + int(m.group(2)) * 60 + float(m.group(3))
+
+
+def _rotation_from_degrees(deg: float) -> int:
+    return int(round(deg / 90.0)) % 4 * 90
+
+
+def stream_rotation(path: str, container: Any, stream: Any) -> int:
+    """Counter-clockwise display rotation of a video stream (rotate tag, else the decoded display matrix)."""
+    tag = stream.metadata.get("rotate")
+    if tag is not None:
+        try:
+            # the legacy tag is clockwise
+            return _rotation_from_degrees(-float(tag))
+        except ValueError:
+            pass
+    try:
+        container.seek(0, stream=stream, backward=True, any_frame=False)
+    except av.FFmpegError:
+        pass
+    try:
+        for n, packet in enumerate(container.demux(stream)):
+            for frame in stream.decode(packet):
+                return _rotation_from_degrees(frame.rotation)
+            if n > 64:
+                break
+    except av.FFmpegError as e:
+        raise DecodeError(path, f"cannot decode the video stream: {e}") from e
+    return 0
+
+
+def probe_container(path: str, container: Any) -> MediaInfo:
+    """Facts about an open container (see MediaInfo). Decodes at most one video frame (for the rotation)."""
+    origin = container_origin(container)
+    streams = []
+    for s in container.streams:
+        tb = s.time_base
+        start = float(s.start_time * tb - origin) if (s.start_time is not None and tb) else None
+        duration = float(s.duration * tb) if (s.duration is not None and tb) else None
+        if duration is None:
+            duration = _parse_duration_tag(s.metadata.get("DURATION") or s.metadata.get("duration"))
+            if duration is not None and s.start_time is not None and tb:
+                duration -= float(s.start_time * tb)  # Matroska's DURATION tag is the stream's end time
+        common = dict(
+            index=s.index,
+            kind=s.type,
+            codec=s.codec_context.name if s.codec_context is not None else "unknown",
+            start_time=start,
+            duration=duration,
+            time_base=float(tb) if tb else None,
+        )
+        if s.type == "video":
+            avg = s.average_rate
+            base = s.base_rate
+            is_vfr = None
+            if avg and base:
+                is_vfr = abs(float(avg) - float(base)) > 0.01 * float(base)
+            streams.append(
+                StreamInfo(
+                    **common,
+                    width=s.codec_context.width or None,
+                    height=s.codec_context.height or None,
+                    avg_fps=float(avg) if avg else (float(base) if base else None),
+                    is_vfr=is_vfr,
+                    frame_count=s.frames or None,
+                    rotation=stream_rotation(path, container, s),
+                )
+            )
+        elif s.type == "audio":
+            cc = s.codec_context
+            streams.append(
+                StreamInfo(
+                    **common,
+                    frame_count=None,
+                    sample_rate=cc.sample_rate or None,
+                    channels=(cc.layout.nb_channels if cc.layout is not None else None)
+                    or cc.channels
+                    or None,
+                )
+            )
+        else:
+            streams.append(StreamInfo(**common))
+    duration = container.duration / av.time_base if container.duration is not None else None
+    if duration is None:
+        ends = [st.start_time + st.duration for st in streams if st.start_time is not None and st.duration]
+        duration = max(ends) if ends else None
+    return MediaInfo(
+        path=path,
+        format=container.format.name,
+        start_time=float(origin),
+        duration=duration,
+        streams=tuple(streams),
+    )
+
+
+def _seek(path: str, container: Any, stream: Any, t_raw: float) -> None:
+    """Seek ``stream`` backward to the keyframe at or before raw time ``t_raw`` (seconds, stream clock)."""
+    tb = stream.time_base
+    first = stream.start_time if stream.start_time is not None else None
+    ts = int(math.floor(t_raw / tb)) if math.isfinite(t_raw) else (first or 0)
+    if first is not None:
+        ts = max(ts, first)
+    try:
+        container.seek(ts, stream=stream, backward=True, any_frame=False)
+    except av.FFmpegError:
+        try:  # no keyframe before ts: go to the beginning
+            container.seek(first if first is not None else 0, stream=stream, backward=True, any_frame=True)
+        except av.FFmpegError as e:
+            raise DecodeError(path, f"cannot seek the {stream.type} stream: {e}") from e
+
+
+def _frame_time(frame: Any, stream: Any, origin: Fraction, prev: float | None, step: float) -> float:
+    ts = frame.pts if frame.pts is not None else frame.dts
+    if ts is not None:
+        tb = frame.time_base or stream.time_base
+        return float(ts * tb - origin)
+    return (prev + step) if prev is not None else 0.0
+
+
+@dataclass
+class VideoSpan:
+    """Decoded video frames covering a window: ``frames`` sorted by time, plus what is known about the ends."""
+
+    times: list[float]
+    frames: list[Any]  # av.VideoFrame
+    at_stream_start: bool  # no frame exists before times[0]
+    at_stream_end: bool  # decoding reached the end of the stream
+    frame_step: float  # nominal frame duration (seconds)
+
+
+def decode_video_span(
+    path: str, container: Any, stream: Any, origin: Fraction, start: float, stop: float, keep_before: bool
+) -> VideoSpan:
+    """Decode the frames with ``start <= t < stop`` (``t <= stop`` when ``keep_before``), plus, when
+    ``keep_before``, the last frame before ``start`` (the one on screen at ``start``)."""
+    rate = stream.average_rate or stream.base_rate or 25
+    step = 1.0 / float(rate)
+    first_ts = float(stream.start_time * stream.time_base - origin) if stream.start_time is not None else None
+    for back in SEEK_RETRIES:
+        _seek(path, container, stream, start + float(origin) - back)
+        times: list[float] = []
+        frames: list[Any] = []
+        prev: float | None = None
+        before: tuple[float, Any] | None = None
+        first_seen: float | None = None
+        done = False
+        past_end = 0
+        decoded_any = False
+        errors = 0
+        try:
+            for packet in container.demux(stream):
+                try:
+                    out = stream.decode(packet)
+                except av.InvalidDataError:
+                    errors += 1
+                    if errors > 64:
+                        raise
+                    continue
+                for frame in out:
+                    decoded_any = True
+                    t = _frame_time(frame, stream, origin, prev, step)
+                    prev = t
+                    if first_seen is None:
+                        first_seen = t
+                    if t < start - _EPS:
+                        if keep_before and (before is None or t >= before[0]):
+                            before = (t, frame)
+                        continue
+                    if (t > stop + _EPS) if keep_before else (t >= stop - _EPS):
+                        done = True
+                        break
+                    times.append(t)
+                    frames.append(frame)
+                if done:
+                    break
+                if frames or before is not None:
+                    past_end = 0
+                else:
+                    past_end += 1
+                    if past_end > MAX_PACKETS_PAST_END * 8:
+                        break
+        except av.FFmpegError as e:
+            if not decoded_any:
+                raise DecodeError(path, f"cannot decode the video stream: {e}") from e
+            done = False  # treat as end of the readable stream
+        # landed after the target although earlier frames exist: seek further back
+        seek_late = first_seen is not None and first_seen > start + _EPS
+        stream_begins_here = first_ts is None or first_seen is None or first_seen <= first_ts + step * 0.5
+        if seek_late and not stream_begins_here and back != SEEK_RETRIES[-1]:
+            continue
+        order = sorted(range(len(times)), key=times.__getitem__)
+        times = [times[i] for i in order]
+        frames = [frames[i] for i in order]
+        at_start = before is None and stream_begins_here
+        if before is not None:
+            times.insert(0, before[0])
+            frames.insert(0, before[1])
+        return VideoSpan(times, frames, at_start, not done, step)
+    raise AssertionError("unreachable")
+
+
+@dataclass
+class AudioSpan:
+    audio: np.ndarray  # float32 [C, S]
+    valid: np.ndarray  # bool [S]
+
+
+def decode_audio_window(
+    path: str,
+    container: Any,
+    stream: Any,
+    origin: Fraction,
+    start: float,
+    duration: float,
+    sample_rate: int,
+    mono: bool,
+) -> AudioSpan:
+    """Audio samples of ``[start, start + duration)`` on the grid ``start + k / sample_rate``, placed by their
+    timestamps after resampling; uncovered samples are zero and marked invalid."""
+    n = int(round(duration * sample_rate))
+    cc = stream.codec_context
+    src_layout = cc.layout.name if cc.layout is not None and cc.layout.nb_channels else "mono"
+    layout = "mono" if mono else src_layout
+    channels = av.AudioLayout(layout).nb_channels
+    buf = np.zeros((channels, n), np.float32)
+    valid = np.zeros(n, bool)
+    end = start + duration
+    first_ts = float(stream.start_time * stream.time_base - origin) if stream.start_time is not None else None
+
+    def place(out: Any) -> None:
+        if out.pts is None or out.time_base is None:
+            return
+        t0 = float(out.pts * out.time_base - origin)
+        i0 = int(round((t0 - start) * sample_rate))
+        m = out.samples
+        lo, hi = max(i0, 0), min(i0 + m, n)
+        if hi <= lo:
+            return
+        arr = out.to_ndarray()
+        if arr.shape[0] != channels:  # packed layout
+            arr = arr.reshape(-1, channels).T
+        buf[:, lo:hi] = arr[:, lo - i0 : hi - i0]
+        valid[lo:hi] = True
+
+    for back in SEEK_RETRIES:
+        _seek(path, container, stream, start + float(origin) - AUDIO_PREROLL - back)
+        buf[:] = 0
+        valid[:] = False
+        resampler = av.AudioResampler(format="fltp", layout=layout, rate=sample_rate)
+        first_seen: float | None = None
+        next_pts: float | None = None
+        decoded_any = False
+        errors = 0
+        past = 0
+        try:
+            for packet in container.demux(stream):
+                try:
+                    frames = stream.decode(packet)
+                except av.InvalidDataError:
+                    errors += 1
+                    if errors > 64:
+                        raise
+                    continue
+                stop = False
+                for frame in frames:
+                    decoded_any = True
+                    if frame.pts is None and next_pts is not None:  # no timestamp: continue from the last
+                        frame.pts = int(round(next_pts / frame.time_base))
+                    if frame.pts is None or frame.time_base is None:
+                        continue
+                    t = float(frame.pts * frame.time_base - origin)
+                    next_pts = t + float(origin) + frame.samples / frame.sample_rate
+                    if first_seen is None:
+                        first_seen = t
+                    if t > end + AUDIO_TAIL:
+                        stop = True
+                        break
+                    try:
+                        outs = resampler.resample(frame)
+                    except ValueError:  # format change mid-stream: start a new resampler
+                        for out in resampler.resample(None):
+                            place(out)
+                        resampler = av.AudioResampler(format="fltp", layout=layout, rate=sample_rate)
+                        outs = resampler.resample(frame)
+                    for out in outs:
+                        place(out)
+                if stop:
+                    break
+                if packet.dts is not None and packet.time_base is not None:
+                    if float(packet.dts * packet.time_base) - origin > end + AUDIO_TAIL + 2.0:
+                        past += 1
+                        if past > MAX_PACKETS_PAST_END:
+                            break
+            for out in resampler.resample(None):
+                place(out)
+        except av.FFmpegError as e:
+            if not decoded_any:
+                raise DecodeError(path, f"cannot decode the audio stream: {e}") from e
+        late = first_seen is not None and first_seen > start - 0.05
+        at_first = first_ts is None or first_seen is None or first_seen <= first_ts + 0.05
+        if late and not at_first and back != SEEK_RETRIES[-1]:
+            continue
+        np.clip(buf, -1.0, 1.0, out=buf)
+        return AudioSpan(buf, valid)
+    raise AssertionError("unreachable")
+
+
+def output_size(
+    width: int, height: int, rotation: int, size: int | tuple[int, int] | None
+) -> tuple[int, int, int, int]:
+    """(decode_w, decode_h, out_w, out_h): the size to scale the stored picture to, and the displayed size."""
+    disp_w, disp_h = (height, width) if rotation in (90, 270) else (width, height)
+    if size is None:
+        out_w, out_h = disp_w, disp_h
+    elif isinstance(size, int):
+        scale = size / min(disp_w, disp_h)
+        out_w, out_h = max(1, int(round(disp_w * scale))), max(1, int(round(disp_h * scale)))
+        if disp_w <= disp_h:
+            out_w = size
+        else:
+            out_h = size
+    else:
+        out_h, out_w = int(size[0]), int(size[1])
+    dec_w, dec_h = (out_h, out_w) if rotation in (90, 270) else (out_w, out_h)
+    return dec_w, dec_h, out_w, out_h
+
+
+def frame_to_rgb(frame: Any, dec_w: int, dec_h: int, rotation: int) -> np.ndarray:
+    """Scale (swscale, bilinear) and convert to RGB in one step, then apply the display rotation."""
+    if frame.width == dec_w and frame.height == dec_h:
+        rgb = frame.to_ndarray(format="rgb24")
+    else:
+        rgb = frame.reformat(width=dec_w, height=dec_h, format="rgb24", interpolation="BILINEAR").to_ndarray()
+    if rotation:
+        rgb = np.rot90(rgb, k=rotation // 90)
+    return rgb

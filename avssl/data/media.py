@@ -1,0 +1,354 @@
+"""Aligned audio/video reading: ``probe``, ``read_av_window`` and the reusable ``MediaReader``.
+
+One clock: seconds from the start of the file (the container's start time, the origin ``ffmpeg -ss`` uses).
+Frames are selected by their presentation timestamps, audio samples are placed on the window's own grid by their
+timestamps after resampling. Parts a stream does not cover are filled and reported in ``frames_valid`` /
+``audio_valid``. See docs/time.md and docs/decoders.md.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable, Sequence
+from fractions import Fraction
+from typing import Any
+
+import numpy as np
+import torch
+
+from avssl.data import _pyav
+from avssl.data.errors import DecodeError, InvalidWindow, MediaError, MediaNotFound, MissingStreamError
+from avssl.data.types import AVWindow, MediaInfo
+
+BACKENDS = ("pyav", "decord")
+Size = int | tuple[int, int] | None
+
+__all__ = ["BACKENDS", "MediaReader", "probe", "read_av_window", "select_frames"]
+
+
+def probe(path: str | os.PathLike[str]) -> MediaInfo:
+    """Container and stream facts of ``path`` (times on the file clock). Raises MediaNotFound / DecodeError."""
+    with MediaReader(path) as reader:
+        return reader.info
+
+
+def select_frames(
+    times: Sequence[float],
+    start: float,
+    duration: float,
+    fps: float | None,
+    *,
+    at_stream_start: bool = True,
+    at_stream_end: bool = False,
+    frame_step: float = 0.04,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Which of the decoded frames (sorted ``times``) a window shows.
+
+    Returns ``(index, frame_times, source_times, valid)``: with ``fps=None`` every frame with
+    ``start <= t < start + duration``; otherwise for each target ``start + k / fps`` the latest frame with
+    ``t <= target``, filled with the nearest frame (and marked invalid) before the stream's first frame or after
+    its last frame's display interval (known only when ``at_stream_end``).
+    """
+    t = np.asarray(times, np.float64)
+    end = start + duration
+    if fps is None:
+        idx = np.flatnonzero((t >= start - _pyav._EPS) & (t < end - _pyav._EPS))
+        return idx, t[idx], t[idx], np.ones(len(idx), bool)
+    n = int(round(duration * fps))
+    targets = start + np.arange(n, dtype=np.float64) / fps
+    if len(t) == 0:
+        raise ValueError("no frames to select from")
+    idx = np.searchsorted(t, targets + _pyav._EPS, side="right") - 1
+    valid = idx >= 0
+    if not at_stream_start:
+        valid[:] = True  # frames before the decoded ones exist; callers decode the one on screen at start
+    idx = np.clip(idx, 0, len(t) - 1)
+    if at_stream_end:
+        last_end = t[-1] + frame_step
+        valid &= targets < last_end - _pyav._EPS
+    return idx, targets, t[idx], valid
+
+
+class MediaReader:
+    """An open media file for repeated window reads. Opens lazily (per process, so it is safe to create in the
+    main process and use in DataLoader workers) and keeps the container open between reads.
+
+    >>> with MediaReader("clip.mp4") as r:
+    ...     w = r.read(1.0, 2.0, fps=8, size=224)
+    """
+
+    def __init__(self, path: str | os.PathLike[str], *, backend: str = "pyav", threads: int | None = None):
+        if backend not in BACKENDS:
+            raise ValueError(f"unknown backend {backend!r}; choose from {BACKENDS}")
+        self.path = os.fspath(path)
+        self.backend = backend
+        self.threads = threads
+        self._container: Any = None
+        self._pid: int | None = None
+        self._info: MediaInfo | None = None
+        self._decord: Any = None
+
+    # -- lifecycle -------------------------------------------------------------------------------------------
+    def _open(self) -> Any:
+        if self._container is None or self._pid != os.getpid():
+            self._container = None
+            self._decord = None
+            self._container = _pyav.open_container(self.path, self.threads)
+            self._pid = os.getpid()
+        return self._container
+
+    def close(self) -> None:
+        if self._container is not None and self._pid == os.getpid():
+            self._container.close()
+        self._container = None
+        self._decord = None
+        self._pid = None
+
+    def __enter__(self) -> MediaReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            pass
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state.update(_container=None, _pid=None, _decord=None)
+        return state
+
+    # -- facts -----------------------------------------------------------------------------------------------
+    @property
+    def info(self) -> MediaInfo:
+        """``probe`` result (computed once)."""
+        if self._info is None:
+            container = self._open()
+            try:
+                self._info = _pyav.probe_container(self.path, container)
+            except MediaError:
+                raise
+            except Exception as e:  # FFmpeg errors surface as many types; name the file
+                raise DecodeError(self.path, f"cannot probe: {e}") from e
+        return self._info
+
+    def _origin(self) -> Fraction:
+        return _pyav.container_origin(self._open())
+
+    # -- reading ---------------------------------------------------------------------------------------------
+    def read(
+        self,
+        start: float,
+        duration: float,
+        *,
+        fps: float | None = None,
+        sample_rate: int = 16000,
+        mono: bool = True,
+        size: Size = None,
+        allow_missing_audio: bool = False,
+    ) -> AVWindow:
+        """Frames and audio of ``[start, start + duration)``; see ``read_av_window``."""
+        start, duration = float(start), float(duration)
+        if not (math.isfinite(start) and math.isfinite(duration)) or duration <= 0:
+            raise InvalidWindow(self.path, f"bad window start={start} duration={duration}")
+        if fps is not None and (not math.isfinite(fps) or fps <= 0 or round(duration * fps) < 1):
+            raise InvalidWindow(self.path, f"bad fps={fps} for a {duration} s window")
+        if sample_rate <= 0 or round(duration * sample_rate) < 1:
+            raise InvalidWindow(self.path, f"bad sample_rate={sample_rate}")
+        if size is not None and not (
+            (isinstance(size, int) and size > 0)
+            or (isinstance(size, (tuple, list)) and len(size) == 2 and all(int(v) > 0 for v in size))
+        ):
+            raise ValueError(f"size must be None, a positive int or (H, W); got {size!r}")
+        size = size if size is None or isinstance(size, int) else (int(size[0]), int(size[1]))
+        info = self.info
+        if info.video is None:
+            raise MissingStreamError(self.path, "no video stream")
+        if info.audio is None and not allow_missing_audio:
+            raise MissingStreamError(self.path, "no audio stream (pass allow_missing_audio=True for silence)")
+        end = start + duration
+        if end <= 0 or (info.duration is not None and start >= info.duration):
+            raise InvalidWindow(
+                self.path,
+                f"window [{start:.3f}, {end:.3f}) s lies outside the file (duration {info.duration} s)",
+            )
+        try:
+            if self.backend == "pyav":
+                video = self._read_video_pyav(start, duration, fps, size)
+            else:
+                video = self._read_video_decord(start, duration, fps, size)
+            audio, audio_valid = self._read_audio(start, duration, sample_rate, mono)
+        except MediaError:
+            raise
+        except Exception as e:  # a decoder failure of any kind: name the file
+            raise DecodeError(self.path, f"decoding failed: {type(e).__name__}: {e}") from e
+        frames, frame_times, source_times, frames_valid = video
+        if not bool(frames_valid.any()) and not bool(audio_valid.any()):
+            raise DecodeError(
+                self.path,
+                f"no decodable data in [{start:.3f}, {end:.3f}) s although the header says the file "
+                f"lasts {info.duration} s (truncated or corrupt?)",
+            )
+        return AVWindow(
+            path=self.path,
+            start=start,
+            duration=duration,
+            frames=frames,
+            frame_times=frame_times,
+            source_frame_times=source_times,
+            frames_valid=frames_valid,
+            audio=audio,
+            audio_start=start,
+            sample_rate=int(sample_rate),
+            audio_valid=audio_valid,
+            fps=None if fps is None else float(fps),
+        )
+
+    def _assemble(
+        self,
+        times: list[float],
+        get_rgb: Callable[[list[int]], np.ndarray],
+        start: float,
+        duration: float,
+        fps: float | None,
+        out_hw: tuple[int, int],
+        at_start: bool,
+        at_end: bool,
+        step: float,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        if fps is not None and not times:
+            raise DecodeError(self.path, f"no video frames could be decoded near {start:.3f} s")
+        idx, ft, st, valid = select_frames(
+            times, start, duration, fps, at_stream_start=at_start, at_stream_end=at_end, frame_step=step
+        )
+        uniq, inverse = np.unique(idx, return_inverse=True)
+        if len(uniq):
+            rgb = get_rgb([int(i) for i in uniq])
+            frames = torch.from_numpy(np.ascontiguousarray(rgb[inverse]))
+        else:
+            frames = torch.zeros((0, out_hw[0], out_hw[1], 3), dtype=torch.uint8)
+        return (
+            frames,
+            torch.from_numpy(np.asarray(ft, np.float64)),
+            torch.from_numpy(np.asarray(st, np.float64)),
+            torch.from_numpy(valid),
+        )
+
+    def _read_video_pyav(self, start: float, duration: float, fps: float | None, size: Size) -> tuple:
+        container = self._open()
+        info = self.info
+        vinfo = info.video
+        assert vinfo is not None
+        stream = container.streams[vinfo.index]
+        end = start + duration
+        stop = start + (round(duration * fps) - 1) / fps if fps is not None else end
+        span = _pyav.decode_video_span(
+            self.path, container, stream, self._origin(), start, stop, keep_before=fps is not None
+        )
+        rotation = vinfo.rotation
+        if span.frames:
+            w0, h0 = span.frames[0].width, span.frames[0].height
+        else:
+            w0, h0 = vinfo.width or 0, vinfo.height or 0
+        dec_w, dec_h, out_w, out_h = _pyav.output_size(w0, h0, rotation, size)
+
+        def get_rgb(indices: list[int]) -> np.ndarray:
+            out = np.empty((len(indices), out_h, out_w, 3), np.uint8)
+            for j, i in enumerate(indices):
+                out[j] = _pyav.frame_to_rgb(span.frames[i], dec_w, dec_h, rotation)
+            return out
+
+        return self._assemble(
+            span.times,
+            get_rgb,
+            start,
+            duration,
+            fps,
+            (out_h, out_w),
+            span.at_stream_start,
+            span.at_stream_end,
+            span.frame_step,
+        )
+
+    def _read_video_decord(self, start: float, duration: float, fps: float | None, size: Size) -> tuple:
+        from avssl.data import _decord
+
+        info = self.info
+        if self._decord is None or self._decord.size != size:
+            self._decord = _decord.DecordVideo(self.path, info, size, threads=self.threads)
+        dv = self._decord
+        end = start + duration
+        times = dv.times
+        if fps is None:
+            sel = [i for i, t in enumerate(times) if start - _pyav._EPS <= t < end - _pyav._EPS]
+            local = [times[i] for i in sel]
+            at_start, at_end = True, False
+        else:
+            lo = max(int(np.searchsorted(times, start + _pyav._EPS, side="right")) - 1, 0)
+            hi = int(np.searchsorted(times, end, side="left"))
+            sel = list(range(lo, max(hi, lo + 1)))
+            local = [times[i] for i in sel]
+            at_start, at_end = lo == 0, hi >= len(times)
+
+        def get_rgb(indices: list[int]) -> np.ndarray:
+            return dv.get([sel[i] for i in indices])
+
+        return self._assemble(
+            local, get_rgb, start, duration, fps, dv.out_hw, at_start, at_end, dv.frame_step
+        )
+
+    def _read_audio(self, start: float, duration: float, sample_rate: int, mono: bool) -> tuple:
+        info = self.info
+        n = int(round(duration * sample_rate))
+        if info.audio is None:
+            shape = (n,) if mono else (1, n)
+            return torch.zeros(shape, dtype=torch.float32), torch.zeros(n, dtype=torch.bool)
+        container = self._open()
+        stream = container.streams[info.audio.index]
+        span = _pyav.decode_audio_window(
+            self.path, container, stream, self._origin(), start, duration, sample_rate, mono
+        )
+        audio = torch.from_numpy(span.audio[0] if mono else span.audio)
+        return audio, torch.from_numpy(span.valid)
+
+
+def read_av_window(
+    path: str | os.PathLike[str],
+    start: float,
+    duration: float,
+    *,
+    fps: float | None = None,
+    sample_rate: int = 16000,
+    mono: bool = True,
+    size: Size = None,
+    backend: str = "pyav",
+    allow_missing_audio: bool = False,
+) -> AVWindow:
+    """Video frames and audio of ``[start, start + duration)`` seconds (file clock) of one file.
+
+    - ``fps=None``: every frame whose pts lies in the window; else ``round(duration * fps)`` frames, each the one on
+      screen at ``start + k / fps`` (right for variable frame rate).
+    - ``size``: None keeps the decoded size; an int sets the short side (aspect kept); (H, W) is exact.
+      The display rotation of the stream is applied.
+    - audio: float32 [S] (``mono``) or [C, S], ``S = round(duration * sample_rate)``, sample k at
+      ``start + k / sample_rate``; uncovered samples are zero and False in ``audio_valid``.
+    - Raises MediaNotFound, DecodeError, MissingStreamError (no video; no audio unless ``allow_missing_audio``)
+      or InvalidWindow, each naming the file. ``backend``: "pyav" (default) or "decord" (video only; audio
+      always comes from PyAV).
+    """
+    if not os.path.exists(os.fspath(path)):
+        raise MediaNotFound(path, "no such file")
+    with MediaReader(path, backend=backend) as reader:
+        return reader.read(
+            start,
+            duration,
+            fps=fps,
+            sample_rate=sample_rate,
+            mono=mono,
+            size=size,
+            allow_missing_audio=allow_missing_audio,
+        )

@@ -1,0 +1,34 @@
+"""Media fixtures: small files generated once per test session with tests/mediagen.py."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from mediagen import MediaTruth, make_av_file  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def media_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("media")
+
+
+@pytest.fixture(scope="session")
+def av_file(media_dir: Path) -> Callable[..., MediaTruth]:
+    """``av_file(name, **make_av_file_kwargs)``: generate (once per session) and return the ground truth."""
+    cache: dict[str, MediaTruth] = {}
+
+    def make(name: str, **kwargs: Any) -> MediaTruth:
+        key = name + json.dumps(kwargs, sort_keys=True, default=str)
+        if key not in cache:
+            cache[key] = make_av_file(media_dir / name, **kwargs)
+        return cache[key]
+
+    return make
