@@ -1,0 +1,400 @@
+"""Map-style datasets of S-segment audio-visual clips cut from one decoded window (see docs/manifest.md).
+
+A sample is the dict of docs/architecture.md plus ``num_skipped`` (int64 scalar): how many broken items were
+passed over to produce it. Summing ``batch["num_skipped"]`` in the training loop counts skips across DataLoader
+workers; each process also keeps ``bad_items`` (index -> reason) and raises ``TooManyBadFiles`` when more than
+``max_bad_fraction`` of the items it has tried are broken.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import tempfile
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch.utils.data import Dataset
+
+from avssl.data.errors import MediaError
+from avssl.data.features import FbankConfig, log_mel, normalize, valid_frames
+from avssl.data.manifest import Manifest, ManifestRow, read_manifest
+from avssl.data.media import probe, read_av_window
+from avssl.data.sampling import (
+    ClipSpec,
+    audio_offsets,
+    clip_start,
+    hash_uniform,
+    segment_starts,
+    uniform_clip_starts,
+)
+from avssl.data.transforms import SpecAugment, VideoTransform
+from avssl.data.types import AVWindow
+
+log = logging.getLogger(__name__)
+
+VIDEO_EXTENSIONS: tuple[str, ...] = (
+    ".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".ts", ".mts", ".flv", ".wmv", ".3gp", ".ogv",
+)
+_MIN_TRIED = 20  # the bad fraction is judged over at least this many items (or all of them if fewer)
+
+Mode = Literal["random", "uniform", "center"]
+
+
+class TooManyBadFiles(RuntimeError):
+    """More than ``max_bad_fraction`` of the items tried could not be decoded."""
+
+
+def _as_rows(source: str | os.PathLike[str] | Manifest | Iterable[ManifestRow]) -> list[ManifestRow]:
+    if isinstance(source, (str, os.PathLike)):
+        return list(read_manifest(source))
+    return list(source)
+
+
+@dataclass
+class SegmentCut:
+    """Raw segments cut from one window: frames uint8 [S, T, H, W, 3], frames_valid bool [S, T],
+    audio float32 [S, N], audio_valid bool [S, N]."""
+
+    frames: torch.Tensor
+    frames_valid: torch.Tensor
+    audio: torch.Tensor
+    audio_valid: torch.Tensor
+
+
+def cut_segments(win: AVWindow, video_starts: Sequence[float], audio_starts: Sequence[float],
+                 segment_duration: float, frames_per_segment: int) -> SegmentCut:
+    """Cut S segments out of one decoded window by time.
+
+    Video segment ``i`` takes the ``frames_per_segment`` frames from the first one whose time is at or after
+    ``video_starts[i]`` (frames missing at the end are repeated and marked invalid). Audio segment ``i`` takes
+    ``round(segment_duration * sr)`` samples from sample ``round((audio_starts[i] - win.audio_start) * sr)`` of
+    the window's grid; parts outside the window are zero and invalid.
+    """
+    ft = win.frame_times.to(torch.float64)
+    if ft.numel() == 0:
+        raise MediaError(win.path, f"no video frames in window [{win.start:.3f}, {win.start + win.duration:.3f}) s")
+    first = torch.searchsorted(ft, torch.tensor(list(video_starts), dtype=torch.float64) - 1e-6)
+    sel = first[:, None] + torch.arange(frames_per_segment)[None, :]  # [S, T]
+    in_range = sel < ft.numel()
+    sel = sel.clamp(max=ft.numel() - 1)
+    sr = win.sample_rate
+    n = round(segment_duration * sr)
+    audio = win.audio if win.audio.dim() == 1 else win.audio.mean(0)
+    wave = torch.zeros(len(audio_starts), n, dtype=torch.float32)
+    mask = torch.zeros(len(audio_starts), n, dtype=torch.bool)
+    for i, t in enumerate(audio_starts):
+        a0 = round((t - win.audio_start) * sr)
+        lo, hi = max(a0, 0), min(a0 + n, audio.shape[-1])
+        if hi > lo:
+            wave[i, lo - a0 : hi - a0] = audio[lo:hi]
+            mask[i, lo - a0 : hi - a0] = win.audio_valid[lo:hi]
+    return SegmentCut(win.frames[sel], win.frames_valid[sel] & in_range, wave, mask)
+
+
+class AVClipDataset(Dataset[dict[str, Any]]):
+    """Clips of ``clip.num_segments`` segments from the rows of a manifest.
+
+    Each sample reads ONE window covering the clip (plus the audio-jitter margin) and cuts every segment from it
+    by time: frames by their timestamps, audio by sample index on the window's grid, so both modalities are cut at
+    the same instants. Modes: ``random`` (one item per row, random clip start that changes with ``set_epoch``),
+    ``center`` (one centred clip per row), ``uniform`` (items are (row, clip) pairs: ``clips_per_row`` evenly
+    spaced clips, or with ``clips_per_row=None`` back-to-back clips on a grid). Rows shorter than a clip are
+    dropped (logged). ``video_transform`` maps uint8 [S, T, H, W, 3] to float [S, C, T, h, w]; the default
+    ``VideoTransform(frame_size, train=mode == "random")`` uses one crop/flip for the whole clip.
+    ``audio_transform`` (e.g. ``SpecAugment``) gets the normalised log-mel [S, 1, F, M]. ``VideoTransform`` and
+    ``SpecAugment`` draw from a generator seeded by (seed, epoch, index). Labels index the sorted distinct values
+    of ``label_column`` (over all rows given, before the split filter), or ``classes`` when passed.
+    """
+
+    def __init__(
+        self,
+        rows_or_manifest: str | os.PathLike[str] | Manifest | Iterable[ManifestRow],
+        *,
+        clip: ClipSpec,
+        fps: float = 8.0,
+        frame_size: int = 64,
+        sample_rate: int = 16000,
+        fbank: FbankConfig | None = None,
+        video_transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        audio_transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        mode: Mode = "random",
+        clips_per_row: int | None = None,
+        seed: int = 0,
+        split: str | Sequence[str] | None = None,
+        label_column: str | None = "label",
+        classes: Sequence[str] | None = None,
+        allow_missing_audio: bool = True,
+        max_bad_fraction: float = 0.1,
+    ) -> None:
+        if mode not in ("random", "uniform", "center"):
+            raise ValueError(f"AVClipDataset: mode must be 'random', 'uniform' or 'center', got {mode!r}")
+        if not fps > 0 or frame_size < 1 or sample_rate < 1:
+            raise ValueError(f"AVClipDataset: bad fps={fps}, frame_size={frame_size}, sample_rate={sample_rate}")
+        if not 0.0 <= max_bad_fraction <= 1.0:
+            raise ValueError(f"AVClipDataset: max_bad_fraction must lie in [0, 1], got {max_bad_fraction}")
+        if clips_per_row is not None and clips_per_row < 1:
+            raise ValueError(f"AVClipDataset: clips_per_row must be >= 1, got {clips_per_row}")
+        self.fbank = fbank if fbank is not None else FbankConfig(sample_rate=sample_rate)
+        if self.fbank.sample_rate != sample_rate:
+            raise ValueError(
+                f"AVClipDataset: fbank.sample_rate={self.fbank.sample_rate} differs from sample_rate={sample_rate}"
+            )
+        all_rows = _as_rows(rows_or_manifest)
+        if classes is None and label_column:
+            classes = sorted({v for r in all_rows if (v := r.get(label_column)) not in (None, "")})
+        self.classes: list[str] = list(classes or [])
+        self._class_index = {c: i for i, c in enumerate(self.classes)}
+        selected = Manifest(all_rows).filter(split) if split is not None else [r for r in all_rows if not r.exclude]
+        self.clip, self.fps, self.frame_size, self.sample_rate = clip, float(fps), frame_size, sample_rate
+        self.mode: Mode = mode
+        self.clips_per_row, self.seed, self.epoch = clips_per_row, seed, 0
+        self.label_column, self.allow_missing_audio = label_column, allow_missing_audio
+        self.max_bad_fraction = max_bad_fraction
+        self.video_transform = video_transform or VideoTransform(frame_size, train=mode == "random")
+        self.audio_transform = audio_transform
+        self.rows: list[ManifestRow] = []
+        self.num_short_rows = 0
+        for r in selected:
+            if r.end - r.start + 1e-9 < clip.clip_duration:
+                self.num_short_rows += 1
+            else:
+                self.rows.append(r)
+        if self.num_short_rows:
+            log.warning("AVClipDataset: dropped %d row(s) shorter than one clip (%.3f s)",
+                        self.num_short_rows, clip.clip_duration)
+        self._items: list[tuple[int, float | None]] = []  # (row index, fixed clip start or None = per epoch)
+        for i, r in enumerate(self.rows):
+            if mode == "uniform":
+                if clips_per_row is None:
+                    self._items += [(i, s) for s in uniform_clip_starts(r.start, r.end, clip)]
+                else:
+                    self._items += [
+                        (i, clip_start(r.start, r.end, clip, "uniform", num_clips=clips_per_row, clip_idx=k))
+                        for k in range(clips_per_row)
+                    ]
+            elif mode == "center":
+                self._items.append((i, clip_start(r.start, r.end, clip, "center")))
+            else:
+                self._items.append((i, None))
+        self.bad_items: dict[int, str] = {}  # per process: item index -> reason
+        self._tried: set[int] = set()
+
+    # ------------------------------------------------------------------ public API
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Pick new random clip starts / jitter for ``epoch``; a pure function of (seed, epoch, index)."""
+        self.epoch = int(epoch)
+
+    def label_of(self, row: ManifestRow) -> int:
+        if not self.label_column:
+            return -1
+        return self._class_index.get(str(row.get(self.label_column) or ""), -1)
+
+    def clip_times(self, index: int) -> tuple[list[float], list[float]]:
+        """Video segment starts and audio segment starts (seconds, file clock) of item ``index``."""
+        row_i, fixed = self._items[index]
+        row = self.rows[row_i]
+        start = fixed if fixed is not None else clip_start(
+            row.start, row.end, self.clip, "random", seed=self.seed, epoch=self.epoch, index=index)
+        video = segment_starts(start, self.clip)
+        if self.mode == "random":
+            offs = audio_offsets(self.clip, seed=self.seed, epoch=self.epoch, index=index)
+        else:
+            offs = [0.0] * self.clip.num_segments
+        return video, [v + o for v, o in zip(video, offs)]
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        n = len(self._items)
+        if not 0 <= index < n:
+            raise IndexError(f"AVClipDataset index {index} out of range [0, {n})")
+        for skipped in range(n):
+            j = (index + skipped) % n
+            if j in self.bad_items:
+                continue
+            self._tried.add(j)
+            try:
+                sample = self._load(j)
+            except MediaError as e:
+                self._mark_bad(j, e)
+                continue
+            sample["num_skipped"] = torch.tensor(skipped, dtype=torch.int64)
+            return sample
+        raise TooManyBadFiles(f"AVClipDataset: all {n} items failed to decode; first: {self._first_bad()}")
+
+    # ------------------------------------------------------------------ internals
+    def _first_bad(self) -> str:
+        return next(iter(self.bad_items.values()), "none")
+
+    def _mark_bad(self, j: int, err: Exception) -> None:
+        path = self.rows[self._items[j][0]].path
+        reason = str(err) if path in str(err) else f"{path}: {err}"
+        self.bad_items[j] = reason  # never retried by this process, so logged once
+        log.warning("skipping undecodable item %d (%s)", j, reason)
+        tried = max(len(self._tried), min(_MIN_TRIED, len(self._items)))
+        if len(self.bad_items) > self.max_bad_fraction * tried:
+            raise TooManyBadFiles(
+                f"{len(self.bad_items)} of {len(self._tried)} items tried could not be decoded (more than "
+                f"max_bad_fraction={self.max_bad_fraction}); e.g. {reason}"
+            )
+
+    def _generator(self, what: str, index: int) -> torch.Generator:
+        key = int(hash_uniform(what, self.seed, self.epoch, index) * 2.0**53)
+        return torch.Generator().manual_seed(key)
+
+    def read_clip(self, index: int) -> tuple[SegmentCut, list[float], list[float]]:
+        """Decode item ``index`` (one window) and cut its raw segments; also returns video and audio starts.
+        Raises ``MediaError`` for a broken file (no skipping here)."""
+        row = self.rows[self._items[index][0]]
+        v_starts, a_starts = self.clip_times(index)
+        dur, fps, sr = self.clip.segment_duration, self.fps, self.sample_rate
+        t_frames = max(1, round(dur * fps))
+        # window start: the clip start minus a whole number of frame periods covering the audio jitter
+        margin = math.ceil(max(0.0, v_starts[0] - min(a_starts)) * fps - 1e-9) / fps
+        margin = min(margin, math.floor(v_starts[0] * fps + 1e-9) / fps)
+        w0 = v_starts[0] - margin
+        w1 = max(v_starts[-1] + dur, max(a_starts) + dur)
+        win = read_av_window(row.path, w0, w1 - w0, fps=fps, sample_rate=sr, mono=True,
+                             allow_missing_audio=self.allow_missing_audio)
+        return cut_segments(win, v_starts, a_starts, dur, t_frames), v_starts, a_starts
+
+    def _load(self, index: int) -> dict[str, Any]:
+        row = self.rows[self._items[index][0]]
+        cut, v_starts, _ = self.read_clip(index)
+        gen = self._generator("view", index)
+        if isinstance(self.video_transform, VideoTransform):  # one crop/flip shared by all S segments
+            video = self.video_transform(cut.frames, generator=gen)
+        else:
+            video = self.video_transform(cut.frames)
+        video_valid, wave, wmask = cut.frames_valid, cut.audio, cut.audio_valid
+        spec = normalize(log_mel(wave, self.fbank), self.fbank).unsqueeze(1)  # [S, 1, F, M]
+        audio_valid = valid_frames(wmask, self.fbank, min_fraction=0.5)
+        spec = spec * audio_valid[:, None, :, None]  # silence (0 after normalisation) where no real audio
+        if isinstance(self.audio_transform, SpecAugment):
+            spec = self.audio_transform(spec, generator=gen)
+        elif self.audio_transform is not None:
+            spec = self.audio_transform(spec)
+        return {
+            "video": video.float(),
+            "audio": spec.float(),
+            "video_valid": video_valid,
+            "audio_valid": audio_valid,
+            "segment_starts": torch.tensor(v_starts, dtype=torch.float64),
+            "label": torch.tensor(self.label_of(row), dtype=torch.int64),
+            "index": torch.tensor(index, dtype=torch.int64),
+            "path": row.path,
+        }
+
+
+# ---------------------------------------------------------------------- folders
+
+
+def _probe_cache_path(root: Path) -> Path:
+    return root / ".avssl_cache" / "probe.json"
+
+
+def scan_folder(
+    root: str | os.PathLike[str],
+    *,
+    extensions: Sequence[str] = VIDEO_EXTENSIONS,
+    cache_file: str | os.PathLike[str] | None = None,
+    split: str = "train",
+) -> Manifest:
+    """Rows spanning every decodable video file under ``root`` (recursive, sorted), labelled by first sub-folder.
+
+    Probe results are cached in ``cache_file`` (default ``root/.avssl_cache/probe.json``) keyed by
+    (relative path, size, mtime); files that fail to probe or have no video stream are skipped and logged.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"scan_folder: {root} is not a directory")
+    exts = {e.lower() if e.startswith(".") else "." + e.lower() for e in extensions}
+    cache_path = Path(cache_file) if cache_file is not None else _probe_cache_path(root)
+    try:
+        cache: dict[str, Any] = json.loads(cache_path.read_text()) if cache_path.is_file() else {}
+    except (OSError, ValueError):
+        log.warning("scan_folder: ignoring unreadable probe cache %s", cache_path)
+        cache = {}
+    new_cache: dict[str, Any] = {}
+    rows: list[ManifestRow] = []
+    files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in exts
+                   and ".avssl_cache" not in p.parts)
+    for p in files:
+        rel = p.relative_to(root).as_posix()
+        st = p.stat()
+        key = f"{rel}|{st.st_size}|{st.st_mtime_ns}"
+        entry = cache.get(key)
+        if entry is None:
+            try:
+                info = probe(p)
+                entry = {"info": info.to_dict()}
+            except MediaError as e:
+                entry = {"error": e.problem}
+        new_cache[key] = entry
+        if "error" in entry:
+            log.warning("scan_folder: skipping %s (%s)", p, entry["error"])
+            continue
+        info = entry["info"]
+        video = next((s for s in info["streams"] if s["kind"] == "video"), None)
+        audio = next((s for s in info["streams"] if s["kind"] == "audio"), None)
+        if video is None or not info.get("duration"):
+            log.warning("scan_folder: skipping %s (%s)", p, "no video stream" if video is None else "no duration")
+            continue
+        parts = Path(rel).parts
+        rows.append(ManifestRow(
+            path=os.fspath(p), start=0.0, end=float(info["duration"]), split=split, duration=float(info["duration"]),
+            has_audio=audio is not None, has_video=True, fps=video.get("avg_fps"), width=video.get("width"),
+            height=video.get("height"), sample_rate=audio.get("sample_rate") if audio else None,
+            channels=audio.get("channels") if audio else None, rotation=video.get("rotation"),
+            codec_video=video.get("codec"), codec_audio=audio.get("codec") if audio else None,
+            meta={"label": parts[0] if len(parts) > 1 else ""},
+        ))
+    if new_cache != cache:
+        _write_json_atomic(cache_path, new_cache)
+    return Manifest(rows)
+
+
+def _write_json_atomic(path: Path, obj: Any) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+        with os.fdopen(fd, "w") as f:
+            json.dump(obj, f)
+        os.replace(tmp, path)
+    except OSError as e:  # a read-only dataset folder: work without the cache
+        log.warning("could not write probe cache %s (%s)", path, e)
+
+
+class FolderDataset(AVClipDataset):
+    """``AVClipDataset`` over every video file under ``root``; labels are the sorted first sub-folder names."""
+
+    def __init__(self, root: str | os.PathLike[str], *, extensions: Sequence[str] = VIDEO_EXTENSIONS,
+                 cache_file: str | os.PathLike[str] | None = None, **kwargs: Any) -> None:
+        self.root = Path(root)
+        rows = scan_folder(root, extensions=extensions, cache_file=cache_file)
+        kwargs.setdefault("label_column", "label")
+        super().__init__(rows, **kwargs)
+
+
+def from_folder(root: str | os.PathLike[str], **kwargs: Any) -> FolderDataset:
+    """Shorthand for ``FolderDataset(root, **kwargs)``."""
+    return FolderDataset(root, **kwargs)
+
+
+__all__ = [
+    "AVClipDataset",
+    "FolderDataset",
+    "SegmentCut",
+    "TooManyBadFiles",
+    "VIDEO_EXTENSIONS",
+    "cut_segments",
+    "from_folder",
+    "scan_folder",
+]
