@@ -173,6 +173,25 @@ def _seek(path: str, container: Any, stream: Any, t_raw: float) -> None:
             raise DecodeError(path, f"cannot seek the {stream.type} stream: {e}") from e
 
 
+def fresh_audio_decoder(stream: Any) -> Any:
+    """A new decoder for ``stream`` with the stream's parameters, so that decoded samples depend only on the packets
+    fed since the seek: FFmpeg decoders keep state across a seek (``flush_buffers`` does not clear all of it; AAC's
+    first frame after a seek came out differently depending on what was decoded before). Falls back to the
+    stream's own decoder where a copy cannot be made."""
+    cc = stream.codec_context
+    try:
+        ctx = av.CodecContext.create(cc.name, "r")
+        if cc.extradata:
+            ctx.extradata = cc.extradata
+        ctx.sample_rate = cc.sample_rate
+        ctx.layout = cc.layout
+        ctx.open()
+        return ctx
+    except Exception:  # pragma: no cover - codec-specific; the stream decoder still works
+        cc.flush_buffers()
+        return cc
+
+
 def _frame_time(frame: Any, stream: Any, origin: Fraction, prev: float | None, step: float) -> float:
     ts = frame.pts if frame.pts is not None else frame.dts
     if ts is not None:
@@ -308,6 +327,7 @@ def decode_audio_window(
 
     for back in SEEK_RETRIES:
         _seek(path, container, stream, start + float(origin) - AUDIO_PREROLL - back)
+        decoder = fresh_audio_decoder(stream)
         buf[:] = 0
         valid[:] = False
         resampler = av.AudioResampler(format="fltp", layout=layout, rate=sample_rate)
@@ -319,7 +339,7 @@ def decode_audio_window(
         try:
             for packet in container.demux(stream):
                 try:
-                    frames = stream.decode(packet)
+                    frames = decoder.decode(packet)
                 except av.InvalidDataError:
                     errors += 1
                     if errors > 64:

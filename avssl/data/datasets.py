@@ -12,6 +12,7 @@ import json
 import logging
 import math
 import os
+from collections import OrderedDict
 import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ from torch.utils.data import Dataset
 from avssl.data.errors import MediaError
 from avssl.data.features import FbankConfig, log_mel, normalize, valid_frames
 from avssl.data.manifest import Manifest, ManifestRow, read_manifest
-from avssl.data.media import probe, read_av_window
+from avssl.data.media import MediaReader, probe
 from avssl.data.sampling import (
     ClipSpec,
     audio_offsets,
@@ -131,6 +132,8 @@ class AVClipDataset(Dataset[dict[str, Any]]):
         classes: Sequence[str] | None = None,
         allow_missing_audio: bool = True,
         max_bad_fraction: float = 0.1,
+        max_open_files: int = 8,
+        decode_size: int | None = None,
     ) -> None:
         if mode not in ("random", "uniform", "center"):
             raise ValueError(f"AVClipDataset: mode must be 'random', 'uniform' or 'center', got {mode!r}")
@@ -156,6 +159,10 @@ class AVClipDataset(Dataset[dict[str, Any]]):
         self.clips_per_row, self.seed, self.epoch = clips_per_row, seed, 0
         self.label_column, self.allow_missing_audio = label_column, allow_missing_audio
         self.max_bad_fraction = max_bad_fraction
+        # Open containers kept per process (hour-long files cost ~80 ms to open; docs/benchmarks.md), LRU-bounded.
+        # ``decode_size`` resizes the short side while decoding (swscale), before the video transform.
+        self.max_open_files, self.decode_size = max(0, max_open_files), decode_size
+        self._readers: OrderedDict[str, MediaReader] = OrderedDict()
         self.video_transform = video_transform or VideoTransform(frame_size, train=mode == "random")
         self.audio_transform = audio_transform
         self.rows: list[ManifestRow] = []
@@ -249,6 +256,19 @@ class AVClipDataset(Dataset[dict[str, Any]]):
         key = int(hash_uniform(what, self.seed, self.epoch, index) * 2.0**53)
         return torch.Generator().manual_seed(key)
 
+    def _reader(self, path: str) -> MediaReader:
+        reader = self._readers.pop(path, None) or MediaReader(path)
+        if self.max_open_files:
+            self._readers[path] = reader  # most recently used last
+            while len(self._readers) > self.max_open_files:
+                self._readers.popitem(last=False)[1].close()
+        return reader
+
+    def __getstate__(self) -> dict[str, Any]:  # workers start with no open containers
+        state = self.__dict__.copy()
+        state["_readers"] = OrderedDict()
+        return state
+
     def read_clip(self, index: int) -> tuple[SegmentCut, list[float], list[float]]:
         """Decode item ``index`` (one window) and cut its raw segments; also returns video and audio starts.
         Raises ``MediaError`` for a broken file (no skipping here)."""
@@ -261,8 +281,16 @@ class AVClipDataset(Dataset[dict[str, Any]]):
         margin = min(margin, math.floor(v_starts[0] * fps + 1e-9) / fps)
         w0 = v_starts[0] - margin
         w1 = max(v_starts[-1] + dur, max(a_starts) + dur)
-        win = read_av_window(row.path, w0, w1 - w0, fps=fps, sample_rate=sr, mono=True,
-                             allow_missing_audio=self.allow_missing_audio)
+        reader = self._reader(row.path)
+        try:
+            win = reader.read(w0, w1 - w0, fps=fps, sample_rate=sr, mono=True, size=self.decode_size,
+                              allow_missing_audio=self.allow_missing_audio)
+        except MediaError:
+            self._readers.pop(row.path, None)
+            reader.close()
+            raise
+        if self.max_open_files == 0:
+            reader.close()
         return cut_segments(win, v_starts, a_starts, dur, t_frames), v_starts, a_starts
 
     def _load(self, index: int) -> dict[str, Any]:

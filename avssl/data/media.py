@@ -70,6 +70,9 @@ def select_frames(
     return idx, targets, t[idx], valid
 
 
+_INHERITED: list[Any] = []  # decoders inherited from a parent process through fork: kept, never freed
+
+
 class MediaReader:
     """An open media file for repeated window reads. Opens lazily (per process, so it is safe to create in the
     main process and use in DataLoader workers) and keeps the container open between reads.
@@ -92,14 +95,23 @@ class MediaReader:
     # -- lifecycle -------------------------------------------------------------------------------------------
     def _open(self) -> Any:
         if self._container is None or self._pid != os.getpid():
-            self._container = None
-            self._decord = None
+            self._release_inherited()
             self._container = _pyav.open_container(self.path, self.threads)
             self._pid = os.getpid()
         return self._container
 
+    def _release_inherited(self) -> None:
+        # A container opened by another process (inherited through fork, e.g. a DataLoader worker) shares FFmpeg
+        # state and file offsets with its parent: never close or free it here, just stop using it.
+        if self._pid is not None and self._pid != os.getpid():
+            _INHERITED.extend(x for x in (self._container, self._decord) if x is not None)
+            self._container = None
+            self._decord = None
+            self._pid = None
+
     def close(self) -> None:
-        if self._container is not None and self._pid == os.getpid():
+        self._release_inherited()
+        if self._container is not None:
             self._container.close()
         self._container = None
         self._decord = None
