@@ -12,8 +12,8 @@ import json
 import logging
 import math
 import os
-from collections import OrderedDict
 import tempfile
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
