@@ -1,0 +1,317 @@
+"""Typed schemas of the `avssl-train` config, registered in Hydra's ConfigStore.
+
+The YAML files in ``avssl/conf`` fill these schemas; Hydra composes them with struct mode on, so a misspelt key
+or a value of the wrong type fails at launch with a message naming it. Defaults live in the YAML files; the
+dataclass defaults below only give each field a type (and a neutral value where YAML may leave it out).
+"""
+
+# ruff: noqa: UP045  (OmegaConf 2.3 reads `Optional[X]` in structured configs, not `X | None`)
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from omegaconf import MISSING
+
+# --- data ------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class DemoConfig:
+    """The generated demo dataset: ``avssl.data.demo.ensure_demo_dataset(cache_dir, **params)``."""
+
+    cache_dir: Optional[str] = None  # None: $AVSSL_CACHE/demo or ~/.cache/avssl/demo
+    num_videos: int = 80
+    duration: float = 8.0
+    seed: int = 0
+    size: int = 96
+    fps: int = 24
+    sample_rate: int = 16000
+    val_fraction: float = 0.2
+    min_gap: float = 0.15
+    max_gap: float = 0.4
+
+
+@dataclass
+class AugmentConfig:
+    """Training augmentations (validation always sees the plain centre view)."""
+
+    crop_scale: list[float] = field(default_factory=lambda: [1.0, 1.0])  # random resized crop: area fraction
+    crop_ratio: list[float] = field(default_factory=lambda: [1.0, 1.0])  # ... and aspect ratio range
+    hflip_p: float = 0.0
+    freq_mask: int = 0  # SpecAugment: widest frequency mask (mel bins); 0 = off
+    time_mask: int = 0  # SpecAugment: widest time mask (frames); 0 = off
+    num_masks: int = 0  # SpecAugment: masks of each kind per segment
+
+
+@dataclass
+class ShardsConfig:
+    """data.source=shards: WebDataset shards written by ``avssl-shards`` (avssl/data/shards.py)."""
+
+    url_template: Optional[str] = None  # e.g. "pipe:aws s3 cp s3://bucket/shards/{name} -"; None: next to the index
+    even: str = "drop"  # keep ranks even: drop | pad | none (none: exactly once, ranks may differ)
+    shuffle_buffer: int = 256  # samples in each worker's shuffle buffer
+
+
+@dataclass
+class DataConfig:
+    """Where clips come from, how they are cut, preprocessed and batched."""
+
+    source: str = "demo"  # demo | manifest | folder
+    path: Optional[str] = None  # manifest file (source=manifest) or media folder (source=folder)
+    demo: DemoConfig = field(default_factory=DemoConfig)
+    shards: ShardsConfig = field(default_factory=ShardsConfig)  # source=shards: path is the index folder or URL
+    train_split: str = "train"
+    val_split: str = "val"
+    val_fraction: float = 0.1  # source=folder only: share of files held out for validation
+    label_column: Optional[str] = "label"
+    # clip geometry (avssl.data.sampling.ClipSpec): `num_segments` segments of `segment_duration` seconds
+    num_segments: int = 4
+    segment_duration: float = 0.5
+    segment_gap: float = 0.0
+    audio_jitter: float = 0.0  # train only: per-segment audio shift of up to this many seconds
+    clips_per_file: int = 1  # train: random clips drawn per manifest row per epoch
+    val_clips_per_file: Optional[int] = None  # val: evenly spaced clips per row; None: back-to-back grid
+    val_order: str = "shuffled"  # val batches: "shuffled" (one fixed permutation) | "sequential"
+    # video preprocessing
+    fps: float = 8.0
+    frame_size: int = 64
+    video_mean: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
+    video_std: list[float] = field(default_factory=lambda: [0.25, 0.25, 0.25])
+    # audio preprocessing: avssl.data.features.FbankConfig fields (checked at launch), including the sample
+    # rate audio is decoded at and the log-mel normalisation statistics
+    fbank: dict[str, Any] = field(default_factory=dict)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    # loading
+    batch_size: int = 16
+    val_batch_size: int = 16  # retrieval_top1 is defined at this batch size
+    num_workers: int = 0
+    pin_memory: bool = False
+    persistent_workers: bool = False
+    allow_missing_audio: bool = True  # files without audio: silent, masked spectrograms instead of an error
+    max_bad_fraction: float = 0.1  # give up when more than this share of the items tried cannot be decoded
+
+
+# --- model -----------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class EncoderConfig:
+    """One encoder: a registry name for ``avssl.models.create_encoder`` and its keyword arguments."""
+
+    name: str = MISSING
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ModelConfig:
+    """Encoders and projection heads of ``avssl.models.pretrain.AVPretrainModel``."""
+
+    family: str = MISSING  # a label: vit | cnn
+    video: EncoderConfig = field(default_factory=EncoderConfig)
+    audio: EncoderConfig = field(default_factory=EncoderConfig)
+    embed_dim: int = 128  # output width of the projection heads (the contrastive space)
+    proj_hidden: Optional[int] = None  # hidden width of the projection heads; None: a linear head
+    proj_layers: Optional[int] = None
+    gather_distributed: bool = True  # gather embeddings across DDP ranks before the contrastive losses
+
+
+# --- objective -------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ObjectiveWeights:
+    """Weight of each loss term; 0 switches a term (and the modules only it needs) off."""
+
+    sync: float = 0.0  # synchrony InfoNCE on projected segment embeddings
+    mae_video: float = 0.0  # per-modality masked autoencoding
+    mae_audio: float = 0.0
+    joint_mae: float = 0.0  # CAV-MAE joint reconstruction (video + audio)
+    joint_contrastive: float = 0.0  # CAV-MAE contrastive term on the joint layer's pooled outputs
+
+
+@dataclass
+class SyncOptions:
+    temperature: float = 0.07
+    learn_temperature: bool = True
+    temperature_min: float = 0.001
+    temperature_max: float = 0.5
+    negatives: str = "all"  # all | cross_video | within_video
+    curriculum_epochs: int = 0  # epochs of cross_video negatives before `negatives`
+
+
+@dataclass
+class MaeOptions:
+    video_mask_kind: str = "tube"  # tube | random
+    video_mask_ratio: float = 0.9
+    audio_mask_kind: str = "random"
+    audio_mask_ratio: float = 0.8
+    norm_pix: bool = True
+    decoder_dim: int = 256
+    decoder_depth: int = 2
+    decoder_heads: int = 8
+    decoder_mlp_ratio: float = 4.0
+
+
+@dataclass
+class JointOptions:
+    dim: Optional[int] = None  # joint layer width; None: the encoders' width
+    depth: int = 1
+    num_heads: int = 8
+    mlp_ratio: float = 4.0
+    video_mask_kind: str = "random"
+    video_mask_ratio: float = 0.75
+    audio_mask_kind: str = "random"
+    audio_mask_ratio: float = 0.75
+    norm_pix: bool = True
+    decoder_dim: int = 256
+    decoder_depth: int = 2
+    decoder_heads: int = 8
+    decoder_mlp_ratio: float = 4.0
+    temperature: float = 0.05
+    learn_temperature: bool = False
+    negatives: str = "all"
+
+
+@dataclass
+class ObjectiveConfig:
+    """Loss weights and the options of each objective family (``AVPretrainModel``'s sync / mae / joint)."""
+
+    name: str = MISSING
+    weights: ObjectiveWeights = field(default_factory=ObjectiveWeights)
+    sync: SyncOptions = field(default_factory=SyncOptions)
+    mae: MaeOptions = field(default_factory=MaeOptions)
+    joint: JointOptions = field(default_factory=JointOptions)
+
+
+# --- optimisation ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class OptimizerConfig:
+    name: str = "adamw"
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    eps: float = 1e-8
+    warmup_steps: Optional[int] = None  # absolute; overrides warmup_fraction when set
+    warmup_fraction: float = 0.05
+    min_lr_ratio: float = 0.0  # cosine floor as a fraction of lr
+    no_decay_keywords: list[str] = field(
+        default_factory=lambda: ["pos_embed", "cls_token", "mask_token", "temperature", "logit_scale"]
+    )
+
+
+@dataclass
+class TrainerConfig:
+    """Arguments of ``lightning.Trainer`` (those avssl exposes)."""
+
+    accelerator: str = "auto"
+    devices: Any = "auto"
+    num_nodes: int = 1
+    strategy: Any = "auto"  # a Lightning name, or {name: ddp|fsdp, ...options} (avssl.lit.distributed)
+    sync_batchnorm: bool = False  # SyncBatchNorm in the CNN encoders under DDP (GPU only in PyTorch)
+    precision: str = "auto"  # auto: bf16-mixed on GPUs that support it, else 16-mixed on GPU, 32-true on CPU
+    max_epochs: int = 10
+    max_steps: int = -1
+    max_time: Optional[str] = None  # "DD:HH:MM:SS"
+    gradient_clip_val: Optional[float] = 1.0
+    accumulate_grad_batches: int = 1
+    check_val_every_n_epoch: int = 1
+    val_check_interval: Optional[float] = None
+    log_every_n_steps: int = 10
+    limit_train_batches: Optional[float] = None
+    limit_val_batches: Optional[float] = None
+    num_sanity_val_steps: int = 0
+    overfit_batches: float = 0.0
+    fast_dev_run: bool = False
+    deterministic: bool = False
+    benchmark: bool = False
+    enable_progress_bar: bool = True
+    enable_model_summary: bool = True
+    compile: bool = False  # torch.compile the pretraining model
+
+
+@dataclass
+class LoggerConfig:
+    name: str = "csv"  # csv | tensorboard | none
+    version: Optional[str] = None
+
+
+@dataclass
+class CheckpointConfig:
+    enabled: bool = True
+    monitor: str = "val/sync_acc"
+    mode: str = "max"
+    save_last: bool = True
+    save_top_k: int = 1
+    every_n_epochs: int = 1
+
+
+@dataclass
+class CallbacksConfig:
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    lr_monitor: bool = True
+    early_stopping_patience: Optional[int] = None  # epochs without improvement of checkpoint.monitor
+
+
+# --- top level -------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class TrainConfig:
+    """The whole `avssl-train` config."""
+
+    task_name: str = "pretrain"
+    seed: int = 0
+    output_dir: Optional[str] = None  # None: Hydra's job directory (or ./outputs/<task_name> outside Hydra)
+    ckpt_path: Optional[str] = None  # resume from this Lightning checkpoint ("last" = output_dir/checkpoints/last.ckpt)
+    validate_only: bool = False
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    callbacks: CallbacksConfig = field(default_factory=CallbacksConfig)
+    # free-form tags: experiment name, notes (kept in the checkpoint's hparams)
+    tags: dict[str, Any] = field(default_factory=dict)
+
+
+_REGISTERED = False
+
+
+def register_configs() -> None:
+    """Register the schemas in Hydra's ConfigStore (idempotent).
+
+    ``train_schema`` is the root schema, the first entry of ``train.yaml``'s defaults list.
+    """
+    global _REGISTERED
+    if _REGISTERED:
+        return
+    from hydra.core.config_store import ConfigStore
+
+    cs = ConfigStore.instance()
+    cs.store(name="train_schema", node=TrainConfig)
+    _REGISTERED = True
+
+
+__all__ = [
+    "CallbacksConfig",
+    "CheckpointConfig",
+    "AugmentConfig",
+    "DataConfig",
+    "DemoConfig",
+    "EncoderConfig",
+    "LoggerConfig",
+    "JointOptions",
+    "MaeOptions",
+    "ModelConfig",
+    "ObjectiveConfig",
+    "ObjectiveWeights",
+    "OptimizerConfig",
+    "SyncOptions",
+    "TrainConfig",
+    "TrainerConfig",
+    "register_configs",
+]

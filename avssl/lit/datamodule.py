@@ -1,0 +1,301 @@
+"""LightningDataModule over ``avssl.data.AVClipDataset``: demo data, a manifest or a folder of videos.
+
+Train clips start at random times that are a pure function of ``(seed, epoch, index)``: the sampler yields
+``(epoch, index)`` keys, so every DataLoader worker (persistent or not, on any rank) cuts the same clips for the
+same epoch without sharing state. Validation clips lie on a fixed uniform grid, batched in a fixed order.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from avssl.data.datasets import AVClipDataset, scan_folder
+from avssl.data.features import FbankConfig, num_frames
+from avssl.data.manifest import ManifestRow, read_manifest
+from avssl.data.sampling import ClipSpec, hash_uniform
+from avssl.data.transforms import SpecAugment, VideoTransform
+from avssl.lit.distributed import ResumableDataLoader
+
+log = logging.getLogger(__name__)
+
+VAL_ORDER_SEED = 0  # the fixed permutation of validation clips (val_order=shuffled)
+
+
+def fbank_config(data_cfg: dict[str, Any]) -> FbankConfig:
+    """``FbankConfig`` from ``data.fbank``; unknown keys or bad values raise naming ``data.fbank``."""
+    fields = {f.name for f in dataclasses.fields(FbankConfig)}
+    given = dict(data_cfg.get("fbank") or {})
+    unknown = sorted(set(given) - fields)
+    if unknown:
+        raise ValueError(f"data.fbank: unknown key(s) {unknown}; FbankConfig fields: {sorted(fields)}")
+    try:
+        return FbankConfig(**given)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"data.fbank: {e}") from e
+
+
+def clip_spec(data_cfg: dict[str, Any], train: bool) -> ClipSpec:
+    return ClipSpec(
+        num_segments=int(data_cfg["num_segments"]),
+        segment_duration=float(data_cfg["segment_duration"]),
+        segment_gap=float(data_cfg.get("segment_gap", 0.0)),
+        audio_jitter=float(data_cfg.get("audio_jitter", 0.0)) if train else 0.0,
+    )
+
+
+def preprocessing_from_data(data_cfg: dict[str, Any]) -> dict[str, Any]:
+    """Everything needed to turn media into encoder inputs, as plain values (stored in checkpoints).
+
+    Keys: ``num_segments``, ``segment_duration``, ``segment_gap``, ``fps``, ``frames_per_segment``, ``frame_size``,
+    ``video_mean``, ``video_std``, ``sample_rate``, ``samples_per_segment``, ``fbank`` (all FbankConfig fields,
+    normalisation statistics included), ``audio_frames_per_segment``, ``num_mel_bins``, ``video_input_shape``
+    ``[C, T, H, W]``, ``audio_input_shape`` ``[1, F, M]``, ``val_batch_size``.
+    """
+    fb = fbank_config(data_cfg)
+    dur, fps = float(data_cfg["segment_duration"]), float(data_cfg["fps"])
+    t = max(1, round(dur * fps))
+    n_samples = round(dur * fb.sample_rate)
+    f = num_frames(n_samples, fb)
+    size = int(data_cfg["frame_size"])
+    return {
+        "num_segments": int(data_cfg["num_segments"]),
+        "segment_duration": dur,
+        "segment_gap": float(data_cfg.get("segment_gap", 0.0)),
+        "fps": fps,
+        "frames_per_segment": t,
+        "frame_size": size,
+        "video_mean": [float(x) for x in data_cfg["video_mean"]],
+        "video_std": [float(x) for x in data_cfg["video_std"]],
+        "sample_rate": int(fb.sample_rate),
+        "samples_per_segment": int(n_samples),
+        "fbank": dataclasses.asdict(fb),
+        "audio_frames_per_segment": int(f),
+        "num_mel_bins": int(fb.num_mel_bins),
+        "video_input_shape": [3, t, size, size],
+        "audio_input_shape": [1, int(f), int(fb.num_mel_bins)],
+        "val_batch_size": int(data_cfg["val_batch_size"]),
+    }
+
+
+class EpochSampler(Sampler[tuple[int, int]]):
+    """Yields ``(epoch, index)`` keys, shuffled by a generator seeded with ``(seed, epoch)``.
+
+    Lightning calls ``set_epoch`` at the start of every epoch (also through its distributed wrapper).
+    """
+
+    def __init__(self, length: int, seed: int = 0, shuffle: bool = True):
+        self.length, self.seed, self.shuffle, self.epoch = int(length), int(seed), shuffle, 0
+        self.skip_batches, self.skip_batch_size = 0, 1  # resume: set by ResumableDataLoader, used once
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        if self.shuffle:
+            g = torch.Generator().manual_seed(int(hash_uniform("order", self.seed, self.epoch) * 2**53))
+            order = torch.randperm(self.length, generator=g).tolist()
+        else:
+            order = list(range(self.length))
+        skip, self.skip_batches = self.skip_batches * self.skip_batch_size, 0
+        return iter([(self.epoch, i) for i in order[skip:]])
+
+
+class EpochClips(Dataset[dict[str, Any]]):
+    """``clips_per_file`` random clips per item of a random-mode ``AVClipDataset``, addressed by ``(epoch, i)``.
+
+    Key ``(e, i)`` reads item ``i % n`` of the base dataset at base epoch ``e * clips_per_file + i // n``, so each
+    repeat of a row draws a different clip and every draw depends only on ``(seed, epoch, index)``.
+    """
+
+    def __init__(self, base: AVClipDataset, clips_per_file: int = 1):
+        if clips_per_file < 1:
+            raise ValueError(f"data.clips_per_file must be >= 1, got {clips_per_file}")
+        self.base, self.repeats = base, int(clips_per_file)
+
+    def __len__(self) -> int:
+        return len(self.base) * self.repeats
+
+    def __getitem__(self, key: tuple[int, int] | int) -> dict[str, Any]:
+        epoch, i = key if isinstance(key, tuple) else (0, int(key))
+        n = len(self.base)
+        self.base.set_epoch(epoch * self.repeats + i // n)
+        return self.base[i % n]
+
+
+def _folder_split(rows: list[ManifestRow], val_fraction: float, seed: int) -> list[ManifestRow]:
+    """Assign a seeded ``val_fraction`` of the files to the val split (stable per path)."""
+    if not 0.0 < val_fraction < 1.0:
+        raise ValueError(f"data.val_fraction must lie in (0, 1) for a folder source, got {val_fraction}")
+    out = []
+    for r in rows:
+        val = hash_uniform("split", seed, os.path.basename(r.path), r.path) < val_fraction
+        out.append(dataclasses.replace(r, split="val" if val else "train"))
+    return out
+
+
+class AVDataModule(pl.LightningDataModule):
+    """Train/val DataLoaders from the ``data`` config section (plain dict, see ``avssl.config.DataConfig``)."""
+
+    def __init__(self, data: dict[str, Any], seed: int = 0):
+        super().__init__()
+        self.cfg = dict(data)
+        self.seed = int(seed)
+        source = self.cfg["source"]
+        if source not in ("demo", "manifest", "folder", "shards"):
+            raise ValueError(f"data.source must be 'demo', 'manifest', 'folder' or 'shards', got {source!r}")
+        if source != "demo" and not self.cfg.get("path"):
+            raise ValueError(f"data.path must be set for data.source={source!r}")
+        if self.cfg.get("val_order", "shuffled") not in ("shuffled", "sequential"):
+            raise ValueError(f"data.val_order must be 'shuffled' or 'sequential', got {self.cfg['val_order']!r}")
+        self.fbank = fbank_config(self.cfg)
+        self.preprocessing = preprocessing_from_data(self.cfg)
+        self.train_set: EpochClips | None = None
+        self.val_set: AVClipDataset | None = None
+        self.manifest_path: str | None = None
+
+    # --- datasets -------------------------------------------------------------------------------------------
+
+    def prepare_data(self) -> None:
+        """Generate (once, cached) the demo dataset; nothing to do for other sources."""
+        if self.cfg["source"] == "demo":
+            self._demo_manifest()
+
+    def _demo_manifest(self) -> str:
+        from avssl.data.demo import ensure_demo_dataset
+
+        params = dict(self.cfg["demo"])
+        cache_dir = params.pop("cache_dir", None)
+        return str(ensure_demo_dataset(cache_dir, **params))
+
+    def _rows(self) -> list[ManifestRow]:
+        source = self.cfg["source"]
+        if source == "demo":
+            self.manifest_path = self._demo_manifest()
+            return list(read_manifest(self.manifest_path))
+        path = Path(os.path.expanduser(str(self.cfg["path"])))
+        if source == "manifest":
+            if not path.is_file():
+                raise FileNotFoundError(f"data.path: manifest {path} not found")
+            self.manifest_path = str(path)
+            return list(read_manifest(path))
+        if not path.is_dir():
+            raise FileNotFoundError(f"data.path: folder {path} not found")
+        return _folder_split(list(scan_folder(path)), float(self.cfg["val_fraction"]), self.seed)
+
+    def _dataset(self, rows: list[ManifestRow], split: str, train: bool, check_empty: bool = True) -> AVClipDataset:
+        c, aug = self.cfg, self.cfg.get("augment") or {}
+        video_tf = VideoTransform(
+            int(c["frame_size"]), train=train,
+            scale=tuple(aug.get("crop_scale", (1.0, 1.0))), ratio=tuple(aug.get("crop_ratio", (1.0, 1.0))),
+            hflip_p=float(aug.get("hflip_p", 0.0)), mean=c["video_mean"], std=c["video_std"],
+        )
+        audio_tf = None
+        if train and int(aug.get("num_masks", 0)) > 0:
+            audio_tf = SpecAugment(int(aug.get("freq_mask", 0)), int(aug.get("time_mask", 0)), int(aug["num_masks"]))
+        ds = AVClipDataset(
+            rows,
+            clip=clip_spec(c, train),
+            fps=float(c["fps"]),
+            frame_size=int(c["frame_size"]),
+            sample_rate=self.fbank.sample_rate,
+            fbank=self.fbank,
+            video_transform=video_tf,
+            audio_transform=audio_tf,
+            mode="random" if train else "uniform",
+            clips_per_row=None if train else c.get("val_clips_per_file"),
+            seed=self.seed,
+            split=split,
+            label_column=c.get("label_column"),
+            allow_missing_audio=bool(c["allow_missing_audio"]),
+            max_bad_fraction=float(c["max_bad_fraction"]),
+        )
+        if check_empty and len(ds) == 0:
+            where = self.manifest_path or self.cfg.get("path")
+            raise ValueError(f"{where}: no usable clips in split {split!r} (rows missing, or all shorter than "
+                             f"one clip of {ds.clip.clip_duration:.2f} s)")
+        return ds
+
+    def _shard_dataset(self, split: str, train: bool) -> Any:
+        """``ShardedClipDataset`` over ``data.path`` (an index folder or URL) for ``split``."""
+        from avssl.data.shards import ShardedClipDataset, ShardIndex
+
+        c, sh = self.cfg, dict(self.cfg.get("shards") or {})
+        index = ShardIndex.load(os.path.expanduser(str(c["path"])), split, url_template=sh.get("url_template"))
+        base = self._dataset([], split, train, check_empty=False)  # the same transforms as the other sources
+        return ShardedClipDataset(
+            index, clip=clip_spec(c, train), fps=float(c["fps"]), frame_size=int(c["frame_size"]), fbank=self.fbank,
+            video_transform=base.video_transform, audio_transform=base.audio_transform,
+            batch_size=int(c["batch_size"] if train else c["val_batch_size"]), num_workers=int(c["num_workers"]),
+            even=sh.get("even", "drop") if train else "none", shuffle=train,
+            shuffle_buffer=int(sh.get("shuffle_buffer", 256)), seed=self.seed, label_column=c.get("label_column"))
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.val_set is not None:
+            return
+        if self.cfg["source"] == "shards":
+            if stage in (None, "fit"):
+                self.train_set = self._shard_dataset(self.cfg["train_split"], train=True)
+            self.val_set = self._shard_dataset(self.cfg["val_split"], train=False)
+            return
+        rows = self._rows()
+        if stage in (None, "fit"):
+            base = self._dataset(rows, self.cfg["train_split"], train=True)
+            self.train_set = EpochClips(base, int(self.cfg["clips_per_file"]))
+        self.val_set = self._dataset(rows, self.cfg["val_split"], train=False)
+        log.info("data: %s train clips/epoch, %d val clips (%s)",
+                 len(self.train_set) if self.train_set is not None else "-", len(self.val_set),
+                 self.manifest_path or self.cfg.get("path"))
+
+    # --- loaders --------------------------------------------------------------------------------------------
+
+    def _loader_kwargs(self) -> dict[str, Any]:
+        workers = int(self.cfg["num_workers"])
+        return {
+            "num_workers": workers,
+            "pin_memory": bool(self.cfg["pin_memory"]) and torch.cuda.is_available(),
+            "persistent_workers": bool(self.cfg["persistent_workers"]) and workers > 0,
+        }
+
+    def train_dataloader(self) -> DataLoader:
+        if self.train_set is None:
+            raise RuntimeError("AVDataModule.setup('fit') has not run")
+        bs = int(self.cfg["batch_size"])
+        if self.cfg["source"] == "shards":  # streaming: the dataset splits shards over ranks and workers
+            kw = {**self._loader_kwargs(), "persistent_workers": False}  # workers must see each epoch's plan
+            return ResumableDataLoader(self.train_set, batch_size=bs, **kw)
+        if len(self.train_set) < bs:
+            raise ValueError(f"data.batch_size={bs} exceeds the {len(self.train_set)} train clips per epoch; "
+                             "lower it or raise data.clips_per_file")
+        return ResumableDataLoader(self.train_set, batch_size=bs,
+                                   sampler=EpochSampler(len(self.train_set), self.seed), drop_last=True,
+                                   **self._loader_kwargs())
+
+    def val_dataloader(self) -> DataLoader:
+        if self.val_set is None:
+            raise RuntimeError("AVDataModule.setup() has not run")
+        if self.cfg["source"] == "shards":
+            kw = {**self._loader_kwargs(), "persistent_workers": False}
+            return DataLoader(self.val_set, batch_size=int(self.cfg["val_batch_size"]), **kw)
+        n = len(self.val_set)
+        if self.cfg.get("val_order", "shuffled") == "shuffled":
+            order = torch.randperm(n, generator=torch.Generator().manual_seed(VAL_ORDER_SEED)).tolist()
+        else:
+            order = list(range(n))
+        return DataLoader(self.val_set, batch_size=int(self.cfg["val_batch_size"]), sampler=order, shuffle=False,
+                          drop_last=False, **self._loader_kwargs())
+
+
+__all__ = ["AVDataModule", "EpochClips", "EpochSampler", "VAL_ORDER_SEED", "clip_spec", "fbank_config",
+           "preprocessing_from_data"]

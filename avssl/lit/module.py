@@ -1,0 +1,209 @@
+"""LightningModule for audio-visual pretraining: encoders + heads + objectives, optimiser, metrics.
+
+Hyperparameters are plain containers of primitives, so a checkpoint loads with ``torch.load(..., weights_only=True)``
+and holds everything needed to rebuild the encoders and their preprocessing:
+
+- ``hparams["model"]``: encoder names and keyword arguments per modality, embedding width, model extras;
+- ``hparams["objective"]``: loss weights and settings;
+- ``hparams["preprocessing"]``: segment length, segments per clip, fps, frame size, video normalisation, sample
+  rate, log-mel settings and statistics (see ``avssl.lit.datamodule.preprocessing_from_data``);
+- ``hparams["optimizer"]``, ``hparams["compile"]``, ``hparams["seed"]``, ``hparams["avssl_version"]``.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+import avssl
+from avssl.lit.optim import build_optimizer
+from avssl.objectives.metrics import retrieval_top1, sync_acc
+
+VAL_MASK_SEED = 1234  # masks in validation are drawn from generators seeded with VAL_MASK_SEED + batch_idx
+
+
+INPUT_SIZE_KWARGS = {
+    # encoder keyword -> preprocessing value it takes by default (set unless the model config gives it)
+    "video": {"num_frames": ("video_input_shape", 1), "img_size": ("video_input_shape", 2)},
+    "audio": {"num_frames": ("audio_input_shape", 1), "num_mels": ("audio_input_shape", 2)},
+}
+
+
+def encoder_kwargs(model_cfg: dict[str, Any], modality: str, preprocessing: dict[str, Any]) -> dict[str, Any]:
+    """Keyword arguments of one encoder: the model config's, with input sizes filled from the preprocessing."""
+    kwargs = dict((model_cfg.get(modality) or {}).get("kwargs") or {})
+    for key, (prep_key, axis) in INPUT_SIZE_KWARGS[modality].items():
+        if key not in kwargs and prep_key in preprocessing:
+            kwargs[key] = int(preprocessing[prep_key][axis])
+    return kwargs
+
+
+def build_pretrain_model(model_cfg: dict[str, Any], objective_cfg: dict[str, Any],
+                         preprocessing: dict[str, Any]) -> nn.Module:
+    """Create both encoders from the registry and wrap them in ``AVPretrainModel`` with the objective's terms."""
+    from avssl.models import create_encoder
+    from avssl.models.pretrain import AVPretrainModel
+
+    encoders = {}
+    for modality in ("video", "audio"):
+        name = (model_cfg.get(modality) or {}).get("name")
+        if not name:
+            raise ValueError(f"model.{modality}.name is not set: name an encoder of avssl.models.list_encoders()")
+        kwargs = encoder_kwargs(model_cfg, modality, preprocessing)
+        try:
+            encoders[modality] = create_encoder(name, **kwargs)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"model.{modality}: cannot build encoder {name!r} with {kwargs}: {e}") from e
+    weights = {k: float(v) for k, v in (objective_cfg.get("weights") or {}).items() if float(v) != 0.0}
+    try:
+        return AVPretrainModel(
+            encoders["video"],
+            encoders["audio"],
+            embed_dim=int(model_cfg["embed_dim"]),
+            proj_hidden=model_cfg.get("proj_hidden"),
+            proj_layers=model_cfg.get("proj_layers"),
+            objectives=weights,
+            sync=dict(objective_cfg.get("sync") or {}),
+            mae=dict(objective_cfg.get("mae") or {}),
+            joint=dict(objective_cfg.get("joint") or {}),
+            gather_distributed=bool(model_cfg.get("gather_distributed", True)),
+        )
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"objective {objective_cfg.get('name')!r}: {e}") from e
+
+
+class AVSSLModule(pl.LightningModule):
+    """Pretrains a video and an audio encoder with the objectives named in ``objective``.
+
+    Logged metrics (``train/…`` per step and epoch, ``val/…`` per epoch over the whole val set): ``loss``, each
+    loss term the model reports (``loss_sync``, ``recon_video``, ``recon_baseline_video``, …), ``sync_acc``
+    (+ ``_a2v``, ``_v2a``) and ``retrieval_top1`` (+ directions; val: over full batches of ``val_batch_size``
+    clips only), and ``data/bad_files``.
+    """
+
+    def __init__(
+        self,
+        model: dict[str, Any],
+        objective: dict[str, Any],
+        optimizer: dict[str, Any],
+        preprocessing: dict[str, Any],
+        compile: bool = False,
+        seed: int | None = None,
+        avssl_version: str | None = None,
+    ):
+        super().__init__()
+        self.save_hyperparameters()
+        self.model = build_pretrain_model(model, objective, preprocessing)
+        self.retrieval_batch = int(preprocessing.get("val_batch_size", 16))
+        self._compiled = False
+
+    @classmethod
+    def from_config(cls, cfg: dict[str, Any], preprocessing: dict[str, Any]) -> AVSSLModule:
+        """Build from a resolved train config (plain dict, see ``avssl.config.TrainConfig``)."""
+        return cls(
+            model=copy.deepcopy(cfg["model"]),
+            objective=copy.deepcopy(cfg["objective"]),
+            optimizer=copy.deepcopy(cfg["optimizer"]),
+            preprocessing=copy.deepcopy(preprocessing),
+            compile=bool(cfg.get("trainer", {}).get("compile", False)),
+            seed=cfg.get("seed"),
+            avssl_version=avssl.__version__,
+        )
+
+    # --- encoders -------------------------------------------------------------------------------------------
+
+    @property
+    def encoders(self) -> nn.ModuleDict:
+        """The encoders keyed by modality ("video", "audio")."""
+        return self.model.encoders  # type: ignore[return-value]
+
+    def configure_model(self) -> None:
+        if self.hparams["compile"] and not self._compiled:
+            self.model.compile()  # in place: parameter names (and checkpoints) stay unchanged
+            self._compiled = True
+
+    # --- steps ----------------------------------------------------------------------------------------------
+
+    def _set_epoch(self) -> None:
+        model: Any = self.model
+        if hasattr(model, "set_epoch"):
+            model.set_epoch(self.current_epoch)
+
+    def on_train_epoch_start(self) -> None:
+        self._set_epoch()
+
+    def on_validation_epoch_start(self) -> None:
+        self._set_epoch()
+
+    def _log_dict(self, prefix: str, values: dict[str, Any], batch_size: int, on_step: bool) -> None:
+        for k, v in values.items():
+            if isinstance(v, Tensor):
+                if v.numel() != 1:
+                    continue
+                v = v.detach().float()
+            self.log(f"{prefix}/{k}", v, on_step=on_step, on_epoch=True, batch_size=batch_size,
+                     sync_dist=not on_step)
+
+    def _log_bad_files(self, batch: dict[str, Any]) -> None:
+        skipped = batch.get("num_skipped")
+        if isinstance(skipped, Tensor):
+            self.log("data/bad_files", skipped.sum().float(), on_step=False, on_epoch=True, reduce_fx="sum",
+                     batch_size=1, sync_dist=True)
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+        out = self.model(batch, generator=None)
+        logs = {"loss": out.loss.detach(), **dict(out.logs)}  # includes in-batch sync_acc / retrieval_top1
+        self._log_dict("train", logs, int(batch["video"].shape[0]), on_step=True)
+        self._log_bad_files(batch)
+        return out.loss
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        gen = torch.Generator().manual_seed(VAL_MASK_SEED + batch_idx)
+        out = self.model(batch, generator=gen)
+        bsz = int(batch["video"].shape[0])
+        logs = {k: v for k, v in out.logs.items() if not k.startswith(("sync_acc", "retrieval_top1"))}
+        logs["loss"] = out.loss.detach()
+        emb = self.segment_embeddings(batch["video"], batch["audio"])
+        if emb is not None:
+            a, v = emb
+            logs.update(sync_acc(a, v))
+            if bsz == self.retrieval_batch:  # retrieval is defined at a fixed batch size
+                self._log_dict("val", dict(retrieval_top1(a, v)), bsz, on_step=False)
+        self._log_dict("val", logs, bsz, on_step=False)
+        self._log_bad_files(batch)
+
+    @torch.no_grad()
+    def segment_embeddings(self, video: Tensor, audio: Tensor) -> tuple[Tensor, Tensor] | None:
+        """L2-normalised segment embeddings ``(audio, video)``, each [B, S, D], of the unmasked inputs.
+
+        The projection heads' space with the ``sync`` objective; otherwise the joint layer's mean-pooled outputs
+        (CAV-MAE's contrastive space); None when no objective aligns the modalities.
+        """
+        model: Any = self.model
+        if model.heads is not None:
+            return model.embed(video, audio)
+        joint = getattr(model, "joint", None)
+        if joint is None or joint.contrastive is None:
+            return None
+        b, s = int(video.shape[0]), int(video.shape[1])
+        out = []
+        for m, x in (("audio", audio), ("video", video)):
+            tokens = model.encoders[m].forward_features(x.flatten(0, 1))
+            pooled = joint.joint({m: tokens})[m].mean(dim=1)
+            out.append(F.normalize(pooled, dim=-1).reshape(b, s, -1))
+        return out[0], out[1]
+
+    # --- optimisation ---------------------------------------------------------------------------------------
+
+    def configure_optimizers(self) -> Any:
+        total = int(self.trainer.estimated_stepping_batches) if self._trainer is not None else 1
+        opt, sched, _ = build_optimizer(self.model, self.hparams["optimizer"], total)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step", "frequency": 1}}
+
+
+__all__ = ["AVSSLModule", "build_pretrain_model", "VAL_MASK_SEED"]
