@@ -1,0 +1,836 @@
+"""Encoder bundles: export trained encoders and load them back as plain ``nn.Module``s, without Lightning.
+
+A bundle is a folder with one sub-folder per modality::
+
+    DIR/video/model.safetensors   weights: encoder.*, head.* (projection into the shared space), joint.* if any
+    DIR/video/config.json         format_version, modality, how to rebuild the module, preprocessing, provenance
+    DIR/audio/...
+
+``load_encoder(path, modality)`` accepts a bundle folder (or one modality's sub-folder) and a Lightning
+checkpoint (``.ckpt``) alike. Loading is defensive: checkpoints are read with ``weights_only=True``, wrapper
+prefixes are stripped exactly (whole dotted components), and any missing, unexpected or mis-shaped tensor is an
+error naming it. Nothing here imports Lightning.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import platform
+import shutil
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+FORMAT_VERSION = 1
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+MODALITIES = ("video", "audio")
+# whole leading components added by wrappers: DistributedDataParallel / DataParallel
+_LEADING_WRAPPERS = ("module",)
+# components inserted anywhere by torch.compile (OptimizedModule)
+_INNER_WRAPPERS = ("_orig_mod",)
+
+
+# --- errors ----------------------------------------------------------------------------------------------------
+
+
+class ExportError(Exception):
+    """A bundle or checkpoint cannot be written or loaded. ``path`` names the file concerned."""
+
+    def __init__(self, path: str | os.PathLike[str] | None, problem: str):
+        self.path = None if path is None else os.fspath(path)
+        self.problem = problem
+        super().__init__(f"{self.path}: {problem}" if self.path else problem)
+
+
+class BundleVersionError(ExportError):
+    """The bundle was written by a newer avssl (its ``format_version`` is not understood)."""
+
+
+class StateDictMismatchError(ExportError):
+    """Weights do not fit the module: missing or unexpected keys, or a tensor of the wrong shape."""
+
+
+# --- reading weights safely -------------------------------------------------------------------------------------
+
+
+def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read a ``torch.save`` file with ``weights_only=True`` (never runs pickled code) onto the CPU."""
+    path = Path(path)
+    if not path.is_file():
+        raise ExportError(path, "no such checkpoint file")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ExportError(
+            path,
+            "refused to load: the checkpoint holds objects other than tensors and plain containers "
+            f"(weights_only=True; pickled code is never run). Detail: {first}",
+        ) from e
+    except (RuntimeError, EOFError, OSError, ValueError) as e:
+        raise ExportError(path, f"not a readable PyTorch checkpoint (corrupt or truncated?): {e}") from e
+    if not isinstance(obj, dict):
+        raise ExportError(path, f"expected a dict checkpoint, found {type(obj).__name__}")
+    return obj
+
+
+def read_safetensors(path: str | os.PathLike[str]) -> dict[str, Tensor]:
+    """Read a safetensors file onto the CPU with a clear error for corrupt or truncated files."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise ExportError(path, "weights file is missing")
+    try:
+        return load_file(str(path), device="cpu")
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise ExportError(path, f"corrupt or truncated safetensors file: {e}") from e
+
+
+def clean_key(key: str) -> str:
+    """Remove wrapper components from one parameter name, exactly: leading ``module.`` (DDP) and any
+    ``_orig_mod.`` (torch.compile). ``backbone.conv1.weight`` is left alone (no character stripping)."""
+    parts = key.split(".")
+    while len(parts) > 1 and parts[0] in _LEADING_WRAPPERS:
+        parts = parts[1:]
+    parts = [p for p in parts if p not in _INNER_WRAPPERS] or parts
+    return ".".join(parts)
+
+
+def clean_state_dict(
+    state_dict: Mapping[str, Tensor], *, source: str | os.PathLike[str] | None = None
+) -> dict[str, Tensor]:
+    """Apply :func:`clean_key` to every key; two keys collapsing onto one name is an error."""
+    out: dict[str, Tensor] = {}
+    for key, value in state_dict.items():
+        new = clean_key(key)
+        if new in out:
+            raise StateDictMismatchError(source, f"keys collide after removing wrapper prefixes: {new!r}")
+        out[new] = value
+    return out
+
+
+def select_prefix(state_dict: Mapping[str, Tensor], prefix: str) -> dict[str, Tensor]:
+    """The entries whose key starts with ``prefix`` (a whole dotted path ending in '.'), with it removed."""
+    if prefix and not prefix.endswith("."):
+        prefix += "."
+    return {k[len(prefix) :]: v for k, v in state_dict.items() if k.startswith(prefix)}
+
+
+def _preview(keys: list[str], limit: int = 20) -> str:
+    more = f", ... ({len(keys) - limit} more)" if len(keys) > limit else ""
+    return ", ".join(keys[:limit]) + more
+
+
+def load_state_dict_strict(
+    module: nn.Module, state_dict: Mapping[str, Tensor], *, source: str | os.PathLike[str] | None = None
+) -> None:
+    """Load ``state_dict`` into ``module`` requiring exactly its keys.
+
+    Missing or unexpected keys raise :class:`StateDictMismatchError` listing them; a tensor whose shape cannot be
+    loaded names the tensor and both shapes. Modules may adapt shapes in their own load hooks (e.g. positional
+    embeddings interpolated to a new grid); only shapes still wrong after that are errors.
+    """
+    expected = set(module.state_dict().keys())
+    given = set(state_dict.keys())
+    missing = sorted(expected - given)
+    unexpected = sorted(given - expected)
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing key(s): {_preview(missing)}")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected key(s): {_preview(unexpected)}")
+        raise StateDictMismatchError(
+            source, f"weights do not match {type(module).__name__}; " + "; ".join(parts)
+        )
+    try:
+        module.load_state_dict(dict(state_dict), strict=True)
+    except RuntimeError as e:
+        lines = [ln.strip() for ln in str(e).splitlines() if "size mismatch" in ln]
+        detail = "; ".join(lines) if lines else str(e)
+        raise StateDictMismatchError(
+            source, f"tensor shape mismatch in {type(module).__name__}: {detail}"
+        ) from e
+
+
+# --- preprocessing ------------------------------------------------------------------------------------------------
+
+
+def _fbank_config(pre: Mapping[str, Any]) -> Any:
+    """``FbankConfig`` from a preprocessing dict (its ``fbank`` fields, statistics included)."""
+    import dataclasses
+
+    from avssl.data.features import FbankConfig
+
+    fields = {f.name for f in dataclasses.fields(FbankConfig)}
+    kw = {k: v for k, v in dict(pre.get("fbank") or {}).items() if k in fields}
+    unknown = sorted(set(dict(pre.get("fbank") or {})) - fields)
+    if unknown:
+        raise ValueError(
+            f"preprocessing.fbank has unknown field(s) {unknown}; FbankConfig accepts {sorted(fields)}"
+        )
+    if "sample_rate" in pre:
+        kw["sample_rate"] = int(pre["sample_rate"])
+    return FbankConfig(**kw)
+
+
+def _segments_in(duration: float, segment: float) -> int:
+    return max(1, int(duration / segment + 1e-6))
+
+
+class Preprocessor:
+    """Raw media -> model input, through ``avssl.data`` (the same code as training, evaluation mode).
+
+    ``pre`` is the preprocessing a checkpoint carries (``avssl.lit.datamodule.preprocessing_from_data``):
+    ``segment_duration``, ``fps``, ``frame_size``, ``video_mean``/``video_std``, ``sample_rate`` and ``fbank``
+    (``FbankConfig`` fields with the normalisation statistics).
+    """
+
+    def __init__(self, pre: Mapping[str, Any]):
+        missing = [k for k in ("segment_duration", "fps", "frame_size", "sample_rate") if k not in pre]
+        if missing:
+            raise ValueError(f"preprocessing settings lack {missing}")
+        self.config = dict(pre)
+        self.segment_seconds = float(pre["segment_duration"])
+        self.fps = float(pre["fps"])
+        self.num_frames = max(1, round(self.segment_seconds * self.fps))
+        self.sample_rate = int(pre["sample_rate"])
+        self.num_samples = round(self.segment_seconds * self.sample_rate)
+        self.fbank = _fbank_config(pre)
+        size = pre["frame_size"]
+        self.frame_size = (
+            (int(size), int(size)) if isinstance(size, (int, float)) else tuple(int(s) for s in size)
+        )
+        from avssl.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+
+        self.video_mean = tuple(float(x) for x in pre.get("video_mean", IMAGENET_MEAN))
+        self.video_std = tuple(float(x) for x in pre.get("video_std", IMAGENET_STD))
+
+    def video(
+        self,
+        frames: Tensor,
+        *,
+        fps: float | None = None,
+        times: Tensor | None = None,
+        start: float | None = None,
+        num_segments: int | None = None,
+    ) -> Tensor:
+        """uint8 frames ``[T, H, W, 3]`` (with ``fps`` or their ``times`` in seconds) -> ``[N, 3, T', h, w]``.
+
+        The input is cut into ``N`` consecutive segments of ``segment_duration`` from ``start`` (default: the first
+        frame's time; ``N`` default: as many as the frames span); each segment samples the frame on screen at
+        ``segment_start + j / fps_model``.
+        """
+        from avssl.data.transforms import VideoTransform
+
+        frames = torch.as_tensor(frames)
+        if frames.dtype != torch.uint8 or frames.ndim != 4 or frames.shape[-1] != 3 or frames.shape[0] == 0:
+            raise ValueError(f"expected uint8 frames [T, H, W, 3], got {frames.dtype} {tuple(frames.shape)}")
+        if (fps is None) == (times is None):
+            raise ValueError("give exactly one of fps= or times= with the frames")
+        t = (
+            (torch.arange(frames.shape[0], dtype=torch.float64) / float(fps))  # type: ignore[arg-type]
+            if times is None
+            else (torch.as_tensor(times, dtype=torch.float64).flatten())
+        )
+        if t.numel() != frames.shape[0]:
+            raise ValueError(f"{t.numel()} frame times for {frames.shape[0]} frames")
+        if bool((t[1:] < t[:-1]).any()):
+            raise ValueError("frame times must be non-decreasing")
+        t0 = float(t[0]) if start is None else float(start)
+        span = (
+            float(t[-1])
+            - t0
+            + (
+                1.0 / float(fps)
+                if fps is not None
+                else float(t[1] - t[0])
+                if t.numel() > 1
+                else 1.0 / self.fps
+            )
+        )
+        n_seg = _segments_in(span, self.segment_seconds) if num_segments is None else int(num_segments)
+        k = torch.arange(n_seg, dtype=torch.float64).unsqueeze(1) * self.segment_seconds
+        targets = t0 + k + torch.arange(self.num_frames, dtype=torch.float64) / self.fps  # [N, T']
+        idx = (torch.searchsorted(t, targets.flatten() + 1e-6, right=True) - 1).clamp(0, frames.shape[0] - 1)
+        clips = frames[idx].reshape(n_seg, self.num_frames, *frames.shape[1:])
+        transform = VideoTransform(
+            size=self.frame_size, train=False, mean=self.video_mean, std=self.video_std
+        )
+        return transform(clips)
+
+    def audio(self, waveform: Tensor, sample_rate: int) -> Tensor:
+        """Waveform ``[S]`` or ``[C, S]`` (float in [-1, 1]) at ``sample_rate`` -> log-mel ``[N, 1, F, M]``.
+
+        Multi-channel audio is averaged to mono, resampled to the model's rate, and cut into ``N`` consecutive
+        segments (a short tail is zero-padded to one segment only when the input is shorter than one segment).
+        """
+        from avssl.data.features import log_mel, normalize
+
+        wav = torch.as_tensor(waveform)
+        if not wav.is_floating_point() or wav.ndim not in (1, 2) or wav.shape[-1] == 0:
+            raise ValueError(f"expected a float waveform [S] or [C, S], got {wav.dtype} {tuple(wav.shape)}")
+        wav = wav.float()
+        if wav.ndim == 2:
+            wav = wav.mean(dim=0)
+        if int(sample_rate) != self.sample_rate:
+            wav = resample(wav, int(sample_rate), self.sample_rate)
+        n_seg = _segments_in(wav.shape[0] / self.sample_rate, self.segment_seconds)
+        need = n_seg * self.num_samples
+        if wav.shape[0] < need:
+            wav = torch.nn.functional.pad(wav, (0, need - wav.shape[0]))
+        segs = wav[:need].reshape(n_seg, self.num_samples)
+        spec = normalize(log_mel(segs, self.fbank), self.fbank)  # [N, F, M]
+        return spec.unsqueeze(1).float()
+
+
+def resample(waveform: Tensor, orig_rate: int, new_rate: int) -> Tensor:
+    """Band-limited resampling of a mono waveform ``[S]`` (torchaudio's sinc interpolation)."""
+    try:
+        import torchaudio.functional as AF
+    except Exception as e:  # noqa: BLE001 - torchaudio may fail to import beside some torch builds
+        raise RuntimeError(
+            f"audio at {orig_rate} Hz needs resampling to {new_rate} Hz but torchaudio is unavailable ({e}); "
+            f"pass audio at {new_rate} Hz (e.g. avssl.read_av_window(..., sample_rate={new_rate}))"
+        ) from e
+    return AF.resample(waveform, orig_rate, new_rate)
+
+
+# --- the reusable module ----------------------------------------------------------------------------------------
+
+
+class PretrainedEncoder(nn.Module):
+    """One modality's pretrained encoder with its path into the shared embedding space. Plain ``nn.Module``.
+
+    - ``preprocess(...)``: raw media -> model input (video: uint8 frames ``[T, H, W, 3]`` with ``fps=`` or
+      ``times=``; audio: waveform with ``sample_rate=``), cut into ``N`` consecutive segments;
+    - ``forward_features(x, mask=None)``: tokens ``[N, L, D]`` (after the joint layer for joint models);
+    - ``forward(x)``: L2-normalised embedding ``[N, E]`` in the space shared with the other modality.
+
+    ``embedding`` is ``"head"`` (pooled encoder tokens -> projection head, the synchrony objective's space) or
+    ``"joint"`` (tokens -> shared joint layer -> mean, CAV-MAE's contrastive space).
+    """
+
+    def __init__(
+        self,
+        encoder: Any,
+        *,
+        head: Any | None = None,
+        joint: Any | None = None,
+        embedding: str = "head",
+        preprocessing: Mapping[str, Any] | None = None,
+        config: Mapping[str, Any] | None = None,
+    ):
+        super().__init__()
+        if embedding not in ("head", "joint"):
+            raise ValueError(f"embedding must be 'head' or 'joint', got {embedding!r}")
+        if embedding == "head" and head is None:
+            raise ValueError("embedding='head' needs a projection head")
+        if embedding == "joint" and joint is None:
+            raise ValueError("embedding='joint' needs the joint layer")
+        self.modality: str = encoder.modality
+        self.encoder: Any = encoder
+        self.head: Any = head
+        self.joint: Any = joint
+        self.embedding = embedding
+        self.preprocessing = dict(preprocessing or {})
+        self.config: dict[str, Any] = dict(config or {})
+        self.provenance: dict[str, Any] = {}  # filled by the loaders (see ``provenance()``)
+        self._pre = Preprocessor(self.preprocessing) if self.preprocessing else None
+
+    @property
+    def preprocessor(self) -> Preprocessor:
+        """The preprocessing settings as a :class:`Preprocessor` (segment length, fps, sample rate, ...)."""
+        if self._pre is None:
+            raise RuntimeError("this encoder carries no preprocessing settings")
+        return self._pre
+
+    @property
+    def num_features(self) -> int:
+        """Width of the tokens of :meth:`forward_features`."""
+        return int(self.joint.dim) if self.embedding == "joint" else int(self.encoder.num_features)
+
+    @property
+    def embed_dim(self) -> int:
+        """Width of the embedding returned by :meth:`forward`."""
+        return int(self.head.out_dim) if self.embedding == "head" else self.num_features  # type: ignore[union-attr]
+
+    def preprocess(
+        self,
+        data: Tensor,
+        *,
+        fps: float | None = None,
+        times: Tensor | None = None,
+        sample_rate: int | None = None,
+        start: float | None = None,
+        num_segments: int | None = None,
+    ) -> Tensor:
+        """Raw media -> model input ``[N, ...]`` using the training preprocessing (evaluation mode).
+
+        Video: uint8 frames ``[T, H, W, 3]`` with ``fps=`` or ``times=`` (optionally the first segment's ``start``
+        and ``num_segments``); audio: a float waveform ``[S]`` or ``[C, S]`` with its ``sample_rate=``.
+        """
+        if self._pre is None:
+            raise RuntimeError("this encoder carries no preprocessing settings")
+        if self.modality == "video":
+            if sample_rate is not None:
+                raise TypeError("video preprocess takes fps= or times=, not sample_rate=")
+            return self._pre.video(data, fps=fps, times=times, start=start, num_segments=num_segments)
+        if sample_rate is None:
+            raise TypeError("audio preprocess needs the waveform's sample_rate=")
+        return self._pre.audio(data, sample_rate)
+
+    def forward_features(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+        tokens = self.encoder.forward_features(x, mask=mask)
+        if self.embedding == "joint":
+            tokens = self.joint({self.modality: tokens})[self.modality]  # type: ignore[misc]
+        return tokens
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.embedding == "joint":
+            pooled = self.forward_features(x).mean(dim=1)
+        else:
+            pooled = self.head(self.encoder(x))  # type: ignore[misc]
+        return torch.nn.functional.normalize(pooled, dim=-1)
+
+
+# --- building from a pretraining model --------------------------------------------------------------------------
+
+
+def _head_config(head: Any) -> dict[str, Any]:
+    linears = [m for m in head.modules() if isinstance(m, nn.Linear)]
+    hidden = linears[0].out_features if len(linears) > 1 else None
+    return {
+        "in_dim": int(head.in_dim),
+        "out_dim": int(head.out_dim),
+        "hidden_dim": hidden,
+        "num_layers": int(head.num_layers),
+    }
+
+
+def _joint_config(model: Any, modality: str) -> dict[str, Any]:
+    layer = model.joint.joint
+    opts = model.joint_options
+    return {
+        "in_dims": {modality: int(model.encoders[modality].num_features)},
+        "dim": int(layer.dim),
+        "depth": int(opts["depth"]),
+        "num_heads": int(opts["num_heads"]),
+        "mlp_ratio": float(opts["mlp_ratio"]),
+    }
+
+
+def module_config(model: Any, modality: str) -> dict[str, Any]:
+    """What rebuilds one modality's :class:`PretrainedEncoder` from an ``AVPretrainModel``: encoder name and
+    kwargs, projection head, joint layer, and which of them defines the embedding."""
+    if modality not in MODALITIES:
+        raise ValueError(f"modality must be one of {MODALITIES}, got {modality!r}")
+    encoder = model.encoders[modality]
+    cfg: dict[str, Any] = {"encoder": encoder.get_config(), "head": None, "joint": None}
+    if getattr(model, "heads", None) is not None:
+        cfg["head"] = _head_config(model.heads[modality])
+    if getattr(model, "joint", None) is not None:
+        cfg["joint"] = _joint_config(model, modality)
+    if cfg["head"] is None and cfg["joint"] is None:
+        raise ExportError(
+            None,
+            "the model has neither projection heads nor a joint layer: no shared embedding "
+            "space to export (train with the 'sync' or 'joint_contrastive' objective)",
+        )
+    cfg["embedding"] = "head" if cfg["head"] is not None else "joint"
+    return cfg
+
+
+def _module_state(model: Any, modality: str, cfg: Mapping[str, Any]) -> dict[str, Tensor]:
+    sd = {f"encoder.{k}": v for k, v in model.encoders[modality].state_dict().items()}
+    if cfg["head"] is not None:
+        sd.update({f"head.{k}": v for k, v in model.heads[modality].state_dict().items()})
+    if cfg["joint"] is not None:
+        other = [m for m in MODALITIES if m != modality]
+        for k, v in model.joint.joint.state_dict().items():
+            if any(k.startswith((f"proj.{o}.", f"modality_embed.{o}")) for o in other):
+                continue
+            sd[f"joint.{k}"] = v
+    return sd
+
+
+def build_module(cfg: Mapping[str, Any], preprocessing: Mapping[str, Any] | None = None) -> PretrainedEncoder:
+    """An untrained :class:`PretrainedEncoder` from a module config (see :func:`module_config`)."""
+    from avssl.models import ProjectionHead, create_encoder
+
+    enc_cfg = cfg["encoder"]
+    encoder = create_encoder(enc_cfg["name"], **dict(enc_cfg.get("kwargs") or {}))
+    head = ProjectionHead(**cfg["head"]) if cfg.get("head") else None
+    joint = None
+    if cfg.get("joint"):
+        from avssl.models.joint import JointLayer
+
+        j = dict(cfg["joint"])
+        joint = JointLayer(j.pop("in_dims"), j.pop("dim"), **j)
+    return PretrainedEncoder(
+        encoder,
+        head=head,
+        joint=joint,
+        embedding=cfg.get("embedding", "head"),
+        preprocessing=preprocessing,
+        config=cfg,
+    )
+
+
+def extract_module(
+    model: nn.Module, modality: str, preprocessing: Mapping[str, Any] | None = None
+) -> PretrainedEncoder:
+    """A standalone copy of one modality's path of a trained ``AVPretrainModel`` (weights copied, checked)."""
+    cfg = module_config(model, modality)
+    module = build_module(cfg, preprocessing)
+    load_state_dict_strict(module, _module_state(model, modality, cfg), source=f"<{modality} of the model>")
+    return module.eval()
+
+
+# --- Lightning checkpoints (read without Lightning) -------------------------------------------------------------
+
+
+def _model_prefix(state_dict: Mapping[str, Tensor], source: str | os.PathLike[str]) -> str:
+    """The dotted path of the ``AVPretrainModel`` inside a checkpoint's state dict (e.g. ``"model."``)."""
+    prefixes = {k[: k.index("encoders.video.")] for k in state_dict if "encoders.video." in k}
+    prefixes = {p for p in prefixes if p == "" or p.endswith(".")}
+    if len(prefixes) != 1:
+        raise ExportError(
+            source,
+            "cannot find the encoders in the checkpoint's state_dict "
+            f"(expected keys like 'model.encoders.video.*'; prefixes found: {sorted(prefixes)})",
+        )
+    return prefixes.pop()
+
+
+_INPUT_SIZE_KWARGS = {
+    # encoder keyword -> (preprocessing key, axis) it defaults to, as avssl.lit.module.encoder_kwargs does
+    "video": {"num_frames": ("video_input_shape", 1), "img_size": ("video_input_shape", 2)},
+    "audio": {"num_frames": ("audio_input_shape", 1), "num_mels": ("audio_input_shape", 2)},
+}
+
+
+def build_pretrain_model(hparams: Mapping[str, Any]) -> nn.Module:
+    """Rebuild the (untrained) ``AVPretrainModel`` described by a checkpoint's hyperparameters, without Lightning.
+
+    Mirrors ``avssl.lit.module.build_pretrain_model`` (a test keeps the two in step): encoders from
+    ``hparams["model"][modality]`` (``name``, ``kwargs``; input sizes default to the preprocessing's), heads and
+    objectives from ``hparams["model"]`` and ``hparams["objective"]``.
+    """
+    from avssl.models import create_encoder
+    from avssl.models.pretrain import AVPretrainModel
+
+    model_cfg = dict(hparams.get("model") or {})
+    objective_cfg = dict(hparams.get("objective") or {})
+    pre = dict(hparams.get("preprocessing") or {})
+    encoders = {}
+    for m in MODALITIES:
+        enc = model_cfg.get(m) or {}
+        if not enc.get("name"):
+            raise ValueError(f"hparams.model.{m}.name is missing")
+        kwargs = dict(enc.get("kwargs") or {})
+        for key, (pre_key, axis) in _INPUT_SIZE_KWARGS[m].items():
+            if key not in kwargs and pre_key in pre:
+                kwargs[key] = int(pre[pre_key][axis])
+        encoders[m] = create_encoder(enc["name"], **kwargs)
+    weights = {k: float(v) for k, v in (objective_cfg.get("weights") or {}).items() if float(v) != 0.0}
+    return AVPretrainModel(
+        encoders["video"],
+        encoders["audio"],
+        embed_dim=int(model_cfg.get("embed_dim", 128)),
+        proj_hidden=model_cfg.get("proj_hidden"),
+        proj_layers=model_cfg.get("proj_layers"),
+        objectives=weights,
+        sync=dict(objective_cfg.get("sync") or {}),
+        mae=dict(objective_cfg.get("mae") or {}),
+        joint=dict(objective_cfg.get("joint") or {}),
+        gather_distributed=False,
+    )
+
+
+def preprocessing_from_hparams(hparams: Mapping[str, Any]) -> dict[str, Any]:
+    """The preprocessing settings a checkpoint carries (``hparams["preprocessing"]``), as plain values."""
+    pre = hparams.get("preprocessing")
+    if not isinstance(pre, Mapping):
+        raise ValueError("the checkpoint's hyperparameters have no 'preprocessing' section")
+    return json.loads(json.dumps(dict(pre)))
+
+
+def load_pretrain_checkpoint(
+    path: str | os.PathLike[str],
+) -> tuple[nn.Module, dict[str, Any], dict[str, Any]]:
+    """Read a Lightning checkpoint without Lightning: ``(AVPretrainModel in eval mode, hparams, checkpoint meta)``.
+
+    All weights must match the rebuilt model exactly (wrapper prefixes stripped first).
+    """
+    ckpt = load_checkpoint(path)
+    hparams = ckpt.get("hyper_parameters")
+    state = ckpt.get("state_dict")
+    if not isinstance(hparams, Mapping) or not isinstance(state, Mapping):
+        raise ExportError(
+            path, "not an avssl Lightning checkpoint (needs 'hyper_parameters' and 'state_dict')"
+        )
+    state = clean_state_dict(state, source=path)
+    prefix = _model_prefix(state, path)
+    try:
+        model = build_pretrain_model(hparams)
+    except (TypeError, ValueError, KeyError) as e:
+        raise ExportError(path, f"cannot rebuild the model from the checkpoint's hyperparameters: {e}") from e
+    load_state_dict_strict(model, select_prefix(state, prefix) if prefix else dict(state), source=path)
+    meta: dict[str, Any] = {k: ckpt[k] for k in ("global_step", "epoch") if k in ckpt}
+    return model.eval(), dict(hparams), meta
+
+
+# --- bundles ----------------------------------------------------------------------------------------------------
+
+
+def provenance(
+    hparams: Mapping[str, Any] | None = None,
+    meta: Mapping[str, Any] | None = None,
+    checkpoint: str | os.PathLike[str] | None = None,
+) -> dict[str, Any]:
+    """Where a bundle came from: training config, data, step, and software versions (avssl, torch, PyAV, FFmpeg)."""
+    import av
+
+    import avssl
+
+    try:
+        ffmpeg = {k: ".".join(map(str, v)) for k, v in av.library_versions.items()}
+    except Exception:  # noqa: BLE001 - informative only
+        ffmpeg = {}
+    hp = json.loads(json.dumps(dict(hparams or {}), default=str))
+    data, data_source = hp.get("data"), "hparams" if hp.get("data") is not None else None
+    if data is None and checkpoint is not None:
+        # avssl-train writes its resolved config next to the checkpoints folder: <run>/config.json
+        run_cfg = Path(checkpoint).absolute().parent.parent / "config.json"
+        try:
+            data = json.loads(run_cfg.read_text()).get("data")
+            data_source = str(run_cfg)
+        except (OSError, ValueError, AttributeError):
+            data = None
+    return {
+        "checkpoint": None if checkpoint is None else os.path.abspath(checkpoint),
+        "global_step": (meta or {}).get("global_step"),
+        "epoch": (meta or {}).get("epoch"),
+        "training_config": {k: v for k, v in hp.items() if k != "preprocessing"},
+        "data": data,
+        "data_config_from": data_source,
+        "versions": {
+            "avssl": avssl.__version__,
+            "trained_with_avssl": hp.get("avssl_version"),
+            "torch": torch.__version__,
+            "pyav": av.__version__,
+            "ffmpeg": ffmpeg,
+            "python": platform.python_version(),
+        },
+    }
+
+
+def write_bundle(
+    module: PretrainedEncoder,
+    out_dir: str | os.PathLike[str],
+    *,
+    provenance_info: Mapping[str, Any] | None = None,
+) -> Path:
+    """Write one modality's bundle (``model.safetensors`` + ``config.json``) atomically into ``out_dir``."""
+    from safetensors.torch import save_file
+
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    config = {
+        "format_version": FORMAT_VERSION,
+        "modality": module.modality,
+        "model": module.config,
+        "preprocessing": module.preprocessing,
+        "provenance": dict(provenance_info or {}),
+    }
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        state = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
+        save_file(
+            state,
+            str(tmp / WEIGHTS_FILE),
+            metadata={"format": "pt", "avssl_format_version": str(FORMAT_VERSION)},
+        )
+        with open(tmp / CONFIG_FILE, "w") as f:
+            json.dump(config, f, indent=2, default=str)
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        os.replace(tmp, out_dir)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return out_dir
+
+
+def export_checkpoint(
+    checkpoint: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    modalities: tuple[str, ...] = MODALITIES,
+) -> dict[str, Path]:
+    """Export a Lightning checkpoint as encoder bundles ``out_dir/<modality>/``; returns the folders written."""
+    model, hparams, meta = load_pretrain_checkpoint(checkpoint)
+    pre = preprocessing_from_hparams(hparams)
+    info = provenance(hparams, meta, checkpoint)
+    out = {}
+    for m in modalities:
+        out[m] = write_bundle(extract_module(model, m, pre), Path(out_dir) / m, provenance_info=info)
+    return out
+
+
+def _bundle_dir(path: Path, modality: str | None) -> Path:
+    if (path / CONFIG_FILE).is_file():
+        return path
+    if modality is not None and (path / modality / CONFIG_FILE).is_file():
+        return path / modality
+    found = sorted(p.parent.name for p in path.glob(f"*/{CONFIG_FILE}"))
+    hint = f" (it holds bundles for {found}; pass one as modality)" if found else ""
+    raise ExportError(
+        path,
+        f"no encoder bundle here: expected {CONFIG_FILE} in this folder or in a '<modality>/' "
+        f"sub-folder{hint}",
+    )
+
+
+def read_bundle_config(bundle: str | os.PathLike[str]) -> dict[str, Any]:
+    """Parse and validate a bundle's ``config.json`` (refusing newer format versions)."""
+    path = Path(bundle) / CONFIG_FILE
+    try:
+        with open(path) as f:
+            cfg = json.load(f)
+    except FileNotFoundError as e:
+        raise ExportError(path, "bundle config is missing") from e
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ExportError(path, f"bundle config is not valid JSON (corrupt or truncated?): {e}") from e
+    if not isinstance(cfg, dict):
+        raise ExportError(path, "bundle config must be a JSON object")
+    version = cfg.get("format_version")
+    if not isinstance(version, int):
+        raise ExportError(path, f"bundle config has no integer format_version (got {version!r})")
+    if version > FORMAT_VERSION:
+        raise BundleVersionError(
+            path,
+            f"bundle format_version {version} is newer than this avssl understands "
+            f"(up to {FORMAT_VERSION}); upgrade avssl to load it",
+        )
+    for key in ("modality", "model", "preprocessing"):
+        if key not in cfg:
+            raise ExportError(path, f"bundle config lacks {key!r}")
+    return cfg
+
+
+def load_bundle(path: str | os.PathLike[str], modality: str | None = None) -> PretrainedEncoder:
+    """Load a bundle folder (or the ``<modality>/`` folder inside an export) as a :class:`PretrainedEncoder`."""
+    bdir = _bundle_dir(Path(path), modality)
+    cfg = read_bundle_config(bdir)
+    if modality is not None and cfg["modality"] != modality:
+        raise ExportError(bdir, f"this bundle holds the {cfg['modality']} encoder, not {modality}")
+    try:
+        module = build_module(cfg["model"], cfg["preprocessing"])
+    except (TypeError, ValueError, KeyError) as e:
+        raise ExportError(
+            bdir / CONFIG_FILE, f"cannot rebuild the encoder from the bundle config: {e}"
+        ) from e
+    load_state_dict_strict(module, read_safetensors(bdir / WEIGHTS_FILE), source=bdir / WEIGHTS_FILE)
+    module.provenance = dict(cfg.get("provenance") or {})
+    return module.eval()
+
+
+def load_encoder(path: str | os.PathLike[str], modality: str) -> PretrainedEncoder:
+    """Load one modality's pretrained encoder from an export bundle or a Lightning checkpoint (no Lightning).
+
+    Returns a :class:`PretrainedEncoder` in eval mode with ``preprocess``, ``forward`` (L2-normalised embedding in
+    the shared space) and ``forward_features`` (tokens).
+    """
+    if modality not in MODALITIES:
+        raise ValueError(f"modality must be one of {MODALITIES}, got {modality!r}")
+    p = Path(path)
+    if p.is_dir():
+        return load_bundle(p, modality)
+    if not p.exists():
+        raise ExportError(p, "no such bundle folder or checkpoint file")
+    model, hparams, meta = load_pretrain_checkpoint(p)
+    module = extract_module(model, modality, preprocessing_from_hparams(hparams))
+    module.provenance = provenance(hparams, meta, p)
+    return module
+
+
+def load_encoder_weights(encoder: nn.Module, path: str | os.PathLike[str]) -> nn.Module:
+    """Load pretrained weights into a bare encoder (``create_encoder(name, pretrained=path)``).
+
+    ``path``: a bundle folder (of the encoder's modality, or an export holding it), a ``.safetensors`` file of an
+    encoder or a bundle, or a Lightning checkpoint. Only the encoder's own tensors are taken; they must match it.
+    """
+    modality = getattr(encoder, "modality", None)
+    p = Path(path)
+    if p.is_dir():
+        bdir = _bundle_dir(p, modality)
+        cfg = read_bundle_config(bdir)
+        if modality is not None and cfg["modality"] != modality:
+            raise ExportError(
+                bdir, f"this bundle holds a {cfg['modality']} encoder; the encoder is {modality}"
+            )
+        state = select_prefix(read_safetensors(bdir / WEIGHTS_FILE), "encoder.")
+        source: Path = bdir / WEIGHTS_FILE
+    elif p.suffix == ".safetensors":
+        state = clean_state_dict(read_safetensors(p), source=p)
+        if any(k.startswith("encoder.") for k in state):
+            state = select_prefix(state, "encoder.")
+        source = p
+    else:
+        ckpt = load_checkpoint(p)
+        sd = ckpt.get("state_dict", ckpt)
+        if not isinstance(sd, Mapping):
+            raise ExportError(p, "checkpoint has no state_dict")
+        sd = clean_state_dict(sd, source=p)
+        if any("encoders." in k for k in sd):
+            if modality is None:
+                raise ExportError(
+                    p, "the encoder has no modality: cannot pick it from a two-encoder checkpoint"
+                )
+            state = select_prefix(sd, _model_prefix(sd, p) + f"encoders.{modality}.")
+        else:
+            state = dict(sd)
+        source = p
+    if not state:
+        raise StateDictMismatchError(source, f"no {modality or ''} encoder weights found")
+    load_state_dict_strict(encoder, state, source=source)
+    return encoder
+
+
+__all__ = [
+    "FORMAT_VERSION",
+    "ExportError",
+    "BundleVersionError",
+    "StateDictMismatchError",
+    "PretrainedEncoder",
+    "Preprocessor",
+    "load_checkpoint",
+    "read_safetensors",
+    "clean_key",
+    "clean_state_dict",
+    "select_prefix",
+    "load_state_dict_strict",
+    "module_config",
+    "build_module",
+    "extract_module",
+    "build_pretrain_model",
+    "load_pretrain_checkpoint",
+    "preprocessing_from_hparams",
+    "provenance",
+    "write_bundle",
+    "export_checkpoint",
+    "read_bundle_config",
+    "load_bundle",
+    "load_encoder",
+    "load_encoder_weights",
+]

@@ -1,0 +1,216 @@
+"""Feature extraction and evaluation on real (generated) media: preprocessing equals the training data path,
+extraction writes timestamps and skips finished files, avssl-eval composes and runs end to end."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from avssl import export as ex
+from tests.test_export import PRE, fake_checkpoint
+
+pytest.importorskip("av")
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():  # noqa: ANN202 - tiny tensors: intra-op threads only add contention on a shared machine
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def media(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Eight 3 s demo videos (4 classes, half in val) and their manifest."""
+    from avssl.data.demo import make_demo_dataset
+
+    root = tmp_path_factory.mktemp("media")
+    return make_demo_dataset(root, num_videos=8, duration=3.0, size=48, fps=16, val_fraction=0.5)
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    tmp = tmp_path_factory.mktemp("bundle")
+    fake_checkpoint(tmp / "m.ckpt", "cnn")
+    ex.export_checkpoint(tmp / "m.ckpt", tmp / "b")
+    return tmp / "b"
+
+
+def test_preprocess_equals_the_training_dataset(media: Path) -> None:
+    from avssl.data.datasets import AVClipDataset
+    from avssl.data.features import FbankConfig
+    from avssl.data.media import read_av_window
+    from avssl.data.sampling import ClipSpec
+    from avssl.data.transforms import VideoTransform
+
+    pre = ex.Preprocessor(PRE)
+    fb = FbankConfig(**PRE["fbank"])
+    ds = AVClipDataset(
+        media,
+        clip=ClipSpec(num_segments=2, segment_duration=0.5),
+        fps=8.0,
+        frame_size=32,
+        sample_rate=16000,
+        fbank=fb,
+        mode="center",
+        split="train",
+        video_transform=VideoTransform(32, mean=PRE["video_mean"], std=PRE["video_std"]),
+    )
+    sample = ds[0]
+    t0 = float(sample["segment_starts"][0])
+    win = read_av_window(sample["path"], t0, 1.0, fps=8.0, sample_rate=16000)
+    torch.testing.assert_close(
+        pre.video(win.frames, times=win.frame_times, start=t0, num_segments=2), sample["video"]
+    )
+    torch.testing.assert_close(pre.audio(win.audio, win.sample_rate), sample["audio"])
+
+
+def test_extract_windows_timestamps_and_rerun_skips(media: Path, bundle: Path, tmp_path: Path) -> None:
+    from avssl.evaluation.embed import EncoderPair, embed_windows
+    from avssl.evaluation.extract import extract, read_embeddings
+
+    folder = tmp_path / "in"
+    by_class = {src.parent.name: src for src in sorted(media.parent.rglob("*.mp4"))}
+    for cls in sorted(by_class)[:2]:  # two videos of two classes, kept in their sub-folders
+        (folder / cls).mkdir(parents=True)
+        (folder / cls / by_class[cls].name).write_bytes(by_class[cls].read_bytes())
+    rep = extract(bundle, folder, tmp_path / "npz", window=1.0, hop=0.5, progress=False)
+    assert len(rep.written) == 2 and not rep.failed
+    files = sorted((tmp_path / "npz").rglob("*.npz"))
+    assert [f.relative_to(tmp_path / "npz").parent.name for f in files] == sorted(by_class)[:2]
+    out = read_embeddings(files[0])
+    np.testing.assert_allclose(out["start"], [0.0, 0.5, 1.0, 1.5, 2.0])
+    np.testing.assert_allclose(out["end"], out["start"] + 1.0)
+    assert out["video"].shape == (5, 16) and out["audio"].shape == (5, 16)
+    np.testing.assert_allclose(np.linalg.norm(out["video"], axis=1), 1.0, atol=1e-5)
+    assert out["meta"]["window"] == 1.0 and out["meta"]["hop"] == 0.5
+    # the chunked reads give what embedding each window alone gives
+    pair = EncoderPair.load(bundle)
+    v, a = embed_windows(pair, out["meta"]["path"], [1.5], 1.0)
+    np.testing.assert_allclose(out["video"][3], v[0].numpy(), atol=1e-5)
+    np.testing.assert_allclose(out["audio"][3], a[0].numpy(), atol=1e-5)
+    mtimes = [f.stat().st_mtime_ns for f in files]
+    again = extract(bundle, folder, tmp_path / "npz", window=1.0, hop=0.5, progress=False)
+    assert len(again.skipped) == 2 and not again.written
+    assert [f.stat().st_mtime_ns for f in files] == mtimes
+    # Parquet holds the same numbers
+    extract(bundle, folder, tmp_path / "pq", window=1.0, hop=0.5, fmt="parquet", progress=False)
+    pq = read_embeddings(tmp_path / "pq" / files[0].relative_to(tmp_path / "npz").with_suffix(".parquet"))
+    np.testing.assert_allclose(pq["video"], out["video"], atol=1e-6)
+    np.testing.assert_allclose(pq["start"], out["start"])
+
+
+def test_extract_cli_and_bad_inputs(
+    media: Path, bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    from avssl.cli.extract import main
+
+    (tmp_path / "in").mkdir()
+    src = sorted(media.parent.rglob("*.mp4"))[0]
+    (tmp_path / "in" / "a.mp4").write_bytes(src.read_bytes())
+    assert main([str(bundle), str(tmp_path / "in"), "--out", str(tmp_path / "o"), "--no-progress"]) == 0
+    assert (tmp_path / "o" / "a.mp4.npz").is_file()
+    assert "written 1" in capsys.readouterr().out
+    assert main([str(bundle), str(tmp_path / "missing"), "--out", str(tmp_path / "o")]) == 1
+    assert "no such folder or manifest" in capsys.readouterr().err
+    assert main([str(tmp_path / "nobundle"), str(tmp_path / "in"), "--out", str(tmp_path / "o")]) == 1
+
+
+def test_export_cli(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from avssl.cli.export import main
+
+    fake_checkpoint(tmp_path / "m.ckpt", "cnn")
+    assert main([str(tmp_path / "m.ckpt"), "--out", str(tmp_path / "b")]) == 0
+    assert (tmp_path / "b" / "video" / "model.safetensors").is_file()
+    assert (tmp_path / "b" / "audio" / "config.json").is_file()
+    assert main([str(tmp_path / "m.ckpt"), "--out", str(tmp_path / "v"), "--modality", "video"]) == 0
+    assert not (tmp_path / "v" / "audio").exists()
+    (tmp_path / "bad.ckpt").write_bytes(b"not a checkpoint")
+    assert main([str(tmp_path / "bad.ckpt"), "--out", str(tmp_path / "x")]) == 1
+    assert "bad.ckpt" in capsys.readouterr().err
+
+
+def _compose(overrides: list[str]):  # noqa: ANN202 - DictConfig
+    from hydra import compose, initialize_config_module
+
+    with initialize_config_module("avssl.conf.eval", version_base="1.3"):
+        return compose("eval", overrides=overrides)
+
+
+def test_eval_configs_compose_and_typos_fail() -> None:
+    cfg = _compose(["checkpoint=x"])
+    assert cfg.offset.min == -2.0 and cfg.offset.max == 2.0 and cfg.offset.step == 0.2
+    assert list(cfg.tasks) == ["offset_acc", "retrieval", "probe"]
+    ft = _compose(["experiment=finetune_demo", "checkpoint=x"])
+    assert "finetune" in ft.tasks and ft.finetune.epochs == 10
+    assert _compose(["experiment=quick"]).data.max_items == 12
+    from hydra.errors import ConfigCompositionException
+
+    with pytest.raises(ConfigCompositionException):
+        _compose(["offset.stepp=0.1"])  # misspelt key
+    with pytest.raises(ConfigCompositionException):
+        _compose(["offset.clips_per_item=many"])  # wrong type
+
+
+@pytest.mark.slow  # every task on 8 short videos: ~15-30 s on a loaded 2-core machine
+def test_eval_end_to_end(media: Path, bundle: Path, tmp_path: Path) -> None:
+    from avssl.cli.evaluate import evaluate
+
+    cfg = _compose(
+        [
+            f"checkpoint={bundle}",
+            "data.source=manifest",
+            f"data.path={media}",
+            "data.eval_split=null",
+            "offset.min=-1.0",
+            "offset.max=1.0",
+            "offset.step=0.5",
+            "offset.clips_per_item=1",
+            "probe.max_windows=2",
+            "probe.k=1",
+            "progress=false",
+            "tasks=[offset_acc,retrieval,probe,finetune]",
+            "finetune.modality=audio",
+            "finetune.epochs=1",
+            "finetune.segments_per_item=2",
+        ]
+    )
+    res = evaluate(cfg, str(tmp_path / "out"))
+    saved = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert saved["offset_acc"]["num_offsets"] == 5 and saved["offset_acc"]["num_clips"] == 8
+    assert saved["offset_acc"]["offsets"] == [-1.0, -0.5, 0.0, 0.5, 1.0]
+    assert 0.0 <= saved["offset_acc"]["auc_sync"] <= 1.0
+    assert saved["retrieval"]["num_items"] == 8 and "a2v_R@5" in saved["retrieval"]
+    assert saved["probe"]["video"]["num_test"] == 4 and saved["probe"]["classes"] == sorted(
+        saved["probe"]["classes"]
+    )
+    assert saved["finetune"]["num_test_segments"] == 8
+    assert res["retrieval"] == saved["retrieval"]
+    for png in ("offset_similarity.png", "retrieval_similarity.png"):
+        assert (tmp_path / "out" / png).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_sources_labels_csv_and_caps(media: Path, tmp_path: Path) -> None:
+    from avssl.evaluation.sources import apply_labels_csv, items_from_folder, resolve_items
+
+    items = resolve_items("manifest", str(media))
+    assert len(items) == 8 and {it.split for it in items} == {"train", "val"}
+    capped = resolve_items("manifest", str(media), max_items=1)
+    assert sorted(it.split for it in capped) == ["train", "val"]
+    folder = items_from_folder(media.parent)
+    assert len(folder) == 8 and all(it.label == Path(it.path).parent.name for it in folder)
+    first = Path(items[0].path)
+    (tmp_path / "labels.csv").write_text(f"path,label,split\n{first},special,test\n")
+    relabelled = apply_labels_csv(items, tmp_path / "labels.csv")
+    assert (relabelled[0].label, relabelled[0].split) == ("special", "test")
+    assert all(it.label is None for it in relabelled[1:])
+    (tmp_path / "bad.csv").write_text("file,class\nx,y\n")
+    with pytest.raises(ValueError, match="'path' and 'label'"):
+        apply_labels_csv(items, tmp_path / "bad.csv")
+    with pytest.raises(ValueError, match="data.source"):
+        resolve_items("s3")
