@@ -512,47 +512,15 @@ def _model_prefix(state_dict: Mapping[str, Tensor], source: str | os.PathLike[st
     return prefixes.pop()
 
 
-_INPUT_SIZE_KWARGS = {
-    # encoder keyword -> (preprocessing key, axis) it defaults to, as avssl.lit.module.encoder_kwargs does
-    "video": {"num_frames": ("video_input_shape", 1), "img_size": ("video_input_shape", 2)},
-    "audio": {"num_frames": ("audio_input_shape", 1), "num_mels": ("audio_input_shape", 2)},
-}
-
-
 def build_pretrain_model(hparams: Mapping[str, Any]) -> nn.Module:
-    """Rebuild the (untrained) ``AVPretrainModel`` described by a checkpoint's hyperparameters, without Lightning.
+    """Rebuild the (untrained) ``AVPretrainModel`` described by a checkpoint's hyperparameters, without Lightning,
+    with the same builder training uses (``avssl.models.build``)."""
+    from avssl.models.build import build_pretrain_model as build
 
-    Mirrors ``avssl.lit.module.build_pretrain_model`` (a test keeps the two in step): encoders from
-    ``hparams["model"][modality]`` (``name``, ``kwargs``; input sizes default to the preprocessing's), heads and
-    objectives from ``hparams["model"]`` and ``hparams["objective"]``.
-    """
-    from avssl.models import create_encoder
-    from avssl.models.pretrain import AVPretrainModel
-
-    model_cfg = dict(hparams.get("model") or {})
-    objective_cfg = dict(hparams.get("objective") or {})
-    pre = dict(hparams.get("preprocessing") or {})
-    encoders = {}
-    for m in MODALITIES:
-        enc = model_cfg.get(m) or {}
-        if not enc.get("name"):
-            raise ValueError(f"hparams.model.{m}.name is missing")
-        kwargs = dict(enc.get("kwargs") or {})
-        for key, (pre_key, axis) in _INPUT_SIZE_KWARGS[m].items():
-            if key not in kwargs and pre_key in pre:
-                kwargs[key] = int(pre[pre_key][axis])
-        encoders[m] = create_encoder(enc["name"], **kwargs)
-    weights = {k: float(v) for k, v in (objective_cfg.get("weights") or {}).items() if float(v) != 0.0}
-    return AVPretrainModel(
-        encoders["video"],
-        encoders["audio"],
-        embed_dim=int(model_cfg.get("embed_dim", 128)),
-        proj_hidden=model_cfg.get("proj_hidden"),
-        proj_layers=model_cfg.get("proj_layers"),
-        objectives=weights,
-        sync=dict(objective_cfg.get("sync") or {}),
-        mae=dict(objective_cfg.get("mae") or {}),
-        joint=dict(objective_cfg.get("joint") or {}),
+    return build(
+        dict(hparams.get("model") or {}),
+        dict(hparams.get("objective") or {}),
+        dict(hparams.get("preprocessing") or {}),
         gather_distributed=False,
     )
 

@@ -22,59 +22,10 @@ from torch import Tensor, nn
 
 import avssl
 from avssl.lit.optim import build_optimizer
+from avssl.models.build import INPUT_SIZE_KWARGS, build_pretrain_model, encoder_kwargs  # noqa: F401
 from avssl.objectives.metrics import retrieval_top1, sync_acc
 
 VAL_MASK_SEED = 1234  # masks in validation are drawn from generators seeded with VAL_MASK_SEED + batch_idx
-
-
-INPUT_SIZE_KWARGS = {
-    # encoder keyword -> preprocessing value it takes by default (set unless the model config gives it)
-    "video": {"num_frames": ("video_input_shape", 1), "img_size": ("video_input_shape", 2)},
-    "audio": {"num_frames": ("audio_input_shape", 1), "num_mels": ("audio_input_shape", 2)},
-}
-
-
-def encoder_kwargs(model_cfg: dict[str, Any], modality: str, preprocessing: dict[str, Any]) -> dict[str, Any]:
-    """Keyword arguments of one encoder: the model config's, with input sizes filled from the preprocessing."""
-    kwargs = dict((model_cfg.get(modality) or {}).get("kwargs") or {})
-    for key, (prep_key, axis) in INPUT_SIZE_KWARGS[modality].items():
-        if key not in kwargs and prep_key in preprocessing:
-            kwargs[key] = int(preprocessing[prep_key][axis])
-    return kwargs
-
-
-def build_pretrain_model(model_cfg: dict[str, Any], objective_cfg: dict[str, Any],
-                         preprocessing: dict[str, Any]) -> nn.Module:
-    """Create both encoders from the registry and wrap them in ``AVPretrainModel`` with the objective's terms."""
-    from avssl.models import create_encoder
-    from avssl.models.pretrain import AVPretrainModel
-
-    encoders = {}
-    for modality in ("video", "audio"):
-        name = (model_cfg.get(modality) or {}).get("name")
-        if not name:
-            raise ValueError(f"model.{modality}.name is not set: name an encoder of avssl.models.list_encoders()")
-        kwargs = encoder_kwargs(model_cfg, modality, preprocessing)
-        try:
-            encoders[modality] = create_encoder(name, **kwargs)
-        except (TypeError, ValueError) as e:
-            raise ValueError(f"model.{modality}: cannot build encoder {name!r} with {kwargs}: {e}") from e
-    weights = {k: float(v) for k, v in (objective_cfg.get("weights") or {}).items() if float(v) != 0.0}
-    try:
-        return AVPretrainModel(
-            encoders["video"],
-            encoders["audio"],
-            embed_dim=int(model_cfg["embed_dim"]),
-            proj_hidden=model_cfg.get("proj_hidden"),
-            proj_layers=model_cfg.get("proj_layers"),
-            objectives=weights,
-            sync=dict(objective_cfg.get("sync") or {}),
-            mae=dict(objective_cfg.get("mae") or {}),
-            joint=dict(objective_cfg.get("joint") or {}),
-            gather_distributed=bool(model_cfg.get("gather_distributed", True)),
-        )
-    except (TypeError, ValueError) as e:
-        raise ValueError(f"objective {objective_cfg.get('name')!r}: {e}") from e
 
 
 class AVSSLModule(pl.LightningModule):
