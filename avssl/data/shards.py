@@ -1,0 +1,660 @@
+"""Sharded A/V data: WebDataset tar shards of pre-cut, re-encoded segments, written from a manifest and streamed.
+
+Why WebDataset (not LitData): shards are plain POSIX tar files (``tar tf`` lists them, any tool can copy or
+inspect them), written and read by a small, widely used library whose ``gopen`` streams from local disk, HTTP(S),
+``gs://`` or any command (``pipe:aws s3 cp s3://bucket/x.tar -``), with no server, database or format-specific
+index to keep in step. See docs/scaling.md.
+
+Layout of a shard folder (``write_shards``)::
+
+    index.json                      format version, write settings, per split: shards and their sample counts
+    <split>-000000.tar              samples: <key>.mp4 (H.264 + AAC, short side ``size`` px, ``gop`` frames GOP)
+    <split>-000000.tar.json                   <key>.json (source path, start, end, split, metadata, ordinal)
+
+Each sample is one manifest segment (or a piece of at most ``max_segment_duration`` s of it) re-encoded on its own
+clock (0 = segment start). Stream parts the source does not cover are left out of the re-encoded file, so the
+reader marks them invalid again. Every shard is written to a temporary name and renamed; a re-run skips finished
+shards, so an interrupted job resumes where it stopped.
+
+Reading (``ShardedClipDataset``) plans each epoch with ``plan_epoch``: the shard list is shuffled by
+``(seed, epoch)`` (the same on every rank), dealt round-robin to ranks and then to DataLoader workers; each worker
+streams its shards through a seeded shuffle buffer and cuts one random clip of S segments from each sample. With
+``even="drop"`` (default) or ``"pad"`` every rank gets the same number of full batches (the plan reports what it
+drops or repeats); with ``even="none"`` every sample is yielded exactly once per epoch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import math
+import os
+import random
+import shutil
+import tempfile
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass, field
+from fractions import Fraction
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urljoin
+
+import av
+import numpy as np
+import torch
+from torch.utils.data import IterableDataset, get_worker_info
+
+from avssl.data.datasets import AVClipDataset
+from avssl.data.errors import MediaError
+from avssl.data.features import FbankConfig
+from avssl.data.manifest import ManifestRow, read_manifest
+from avssl.data.media import MediaReader
+from avssl.data.sampling import ClipSpec, hash_uniform
+
+log = logging.getLogger(__name__)
+
+SHARD_FORMAT_VERSION = 1
+INDEX_NAME = "index.json"
+Even = Literal["drop", "pad", "none"]
+EVEN_MODES = ("drop", "pad", "none")
+
+
+class ShardError(RuntimeError):
+    """A shard folder, index or shard is missing, inconsistent or unreadable (the message names it)."""
+
+
+# ---------------------------------------------------------------------------------------------------- writing
+
+
+@dataclass(frozen=True)
+class ShardWriteConfig:
+    """How segments are re-encoded and grouped into shards."""
+
+    samples_per_shard: int = 64
+    max_segment_duration: float | None = 10.0  # longer manifest rows are cut into pieces; None: one sample per row
+    min_segment_duration: float = 1.0  # shorter rows / leftover pieces are left out
+    size: int = 128  # short side in pixels (rounded to even sizes for yuv420p)
+    fps: float = 16.0
+    gop: int = 8  # keyframe interval in frames
+    crf: int = 23
+    sample_rate: int = 16000
+    audio_bitrate: int = 48000
+    splits: tuple[str, ...] = ("train", "val")
+    allow_missing_audio: bool = True
+
+    def __post_init__(self) -> None:
+        if self.samples_per_shard < 1 or self.size < 8 or not self.fps > 0 or self.gop < 1 or self.sample_rate < 1:
+            raise ValueError(f"ShardWriteConfig: bad settings {self}")
+        if self.max_segment_duration is not None and self.max_segment_duration < self.min_segment_duration:
+            raise ValueError("ShardWriteConfig: max_segment_duration must be >= min_segment_duration")
+
+
+@dataclass(frozen=True)
+class SegmentJob:
+    """One sample to write: ``[start, end)`` seconds of ``path`` (file clock); ``ordinal`` numbers it in its split."""
+
+    ordinal: int
+    path: str
+    start: float
+    end: float
+    split: str
+    meta: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def key(self) -> str:
+        return f"{self.split}-{self.ordinal:09d}"
+
+
+def plan_segments(rows: Iterable[ManifestRow], cfg: ShardWriteConfig) -> dict[str, list[SegmentJob]]:
+    """Samples per split, in manifest order: each row (not excluded, of a wanted split) cut into pieces of at most
+    ``max_segment_duration`` seconds (equal pieces), pieces shorter than ``min_segment_duration`` dropped."""
+    out: dict[str, list[SegmentJob]] = {s: [] for s in cfg.splits}
+    for r in rows:
+        if r.exclude or r.split not in out or r.length + 1e-9 < cfg.min_segment_duration:
+            continue
+        n = 1 if cfg.max_segment_duration is None else max(1, math.ceil(r.length / cfg.max_segment_duration - 1e-9))
+        step = r.length / n
+        jobs = out[r.split]
+        for k in range(n):
+            jobs.append(SegmentJob(len(jobs), r.path, r.start + k * step, r.start + (k + 1) * step, r.split,
+                                   dict(r.meta)))
+    return out
+
+
+def _even(x: int) -> int:
+    return max(2, int(round(x / 2)) * 2)
+
+
+def encode_segment(reader: MediaReader, job: SegmentJob, cfg: ShardWriteConfig) -> tuple[bytes, dict[str, Any]]:
+    """Decode ``job``'s window and re-encode it as a compact MP4; returns (bytes, metadata). Raises MediaError."""
+    info = reader.info
+    v = info.video
+    if v is None or not v.width or not v.height:
+        raise MediaError(job.path, "no video stream with a known size")
+    disp_w, disp_h = (v.height, v.width) if v.rotation in (90, 270) else (v.width, v.height)
+    scale = cfg.size / min(disp_w, disp_h)
+    out_w, out_h = _even(disp_w * scale), _even(disp_h * scale)
+    dur = job.end - job.start
+    win = reader.read(job.start, dur, fps=cfg.fps, sample_rate=cfg.sample_rate, mono=True, size=(out_h, out_w),
+                      allow_missing_audio=cfg.allow_missing_audio)
+    fvalid = win.frames_valid.numpy()
+    avalid = win.audio_valid.numpy()
+    has_audio = info.has_audio and bool(avalid.any())
+    buf = io.BytesIO()
+    fps = Fraction(cfg.fps).limit_denominator(1001)
+    with av.open(buf, mode="w", format="mp4") as c:
+        vs = c.add_stream("libx264", rate=fps, options={"preset": "veryfast", "crf": str(cfg.crf), "threads": "1"})
+        vs.width, vs.height, vs.pix_fmt = out_w, out_h, "yuv420p"
+        vs.codec_context.gop_size = cfg.gop
+        vs.time_base = 1 / fps
+        aus = None
+        if has_audio:
+            aus = c.add_stream("aac", rate=cfg.sample_rate, layout="mono")
+            aus.bit_rate = cfg.audio_bitrate
+        frames = win.frames.numpy()
+        for k in np.flatnonzero(fvalid):  # frames the source does not show are left out (read back as invalid)
+            vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(frames[k]), format="rgb24")
+            vf.pts, vf.time_base = int(k), 1 / fps
+            for pkt in vs.encode(vf):
+                c.mux(pkt)
+        for pkt in vs.encode():
+            c.mux(pkt)
+        if aus is not None:
+            idx = np.flatnonzero(avalid)
+            lo, hi = int(idx[0]), int(idx[-1]) + 1  # covered span; interior gaps are encoded as silence
+            audio = win.audio.numpy().astype(np.float32)[lo:hi]
+            for a in range(0, len(audio), 1024):
+                af = av.AudioFrame.from_ndarray(audio[None, a : a + 1024].copy(), format="flt", layout="mono")
+                af.sample_rate, af.pts, af.time_base = cfg.sample_rate, lo + a, Fraction(1, cfg.sample_rate)
+                for pkt in aus.encode(af):
+                    c.mux(pkt)
+            for pkt in aus.encode():
+                c.mux(pkt)
+    meta = {
+        "key": job.key, "ordinal": job.ordinal, "split": job.split, "source": job.path, "start": job.start,
+        "end": job.end, "duration": dur, "fps": float(cfg.fps), "sample_rate": cfg.sample_rate,
+        "width": out_w, "height": out_h, "has_audio": has_audio,
+        "video_valid_fraction": float(fvalid.mean()) if len(fvalid) else 0.0,
+        "audio_valid_fraction": float(avalid.mean()) if len(avalid) else 0.0, "meta": job.meta,
+    }
+    return buf.getvalue(), meta
+
+
+def shard_name(split: str, shard: int) -> str:
+    return f"{split}-{shard:06d}.tar"
+
+
+def _write_shard(out_dir: str, name: str, jobs: list[SegmentJob], cfg: ShardWriteConfig) -> dict[str, Any]:
+    """Write one shard atomically (temp file + rename) with its sidecar ``<name>.json``; return the sidecar."""
+    import webdataset as wds
+
+    target = Path(out_dir) / name
+    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=out_dir)
+    failed: list[dict[str, Any]] = []
+    keys: list[str] = []
+    readers: dict[str, MediaReader] = {}
+    try:
+        with os.fdopen(fd, "wb") as f, wds.TarWriter(f, mtime=0.0) as tw:
+            for job in jobs:
+                reader = readers.get(job.path)
+                if reader is None:
+                    for r in readers.values():
+                        r.close()
+                    readers = {job.path: (reader := MediaReader(job.path))}
+                try:
+                    data, meta = encode_segment(reader, job, cfg)
+                except MediaError as e:
+                    log.warning("shards: skipping %s [%.3f, %.3f): %s", job.path, job.start, job.end, e)
+                    failed.append({"key": job.key, "source": job.path, "start": job.start, "error": str(e)})
+                    continue
+                tw.write({"__key__": job.key, "mp4": data, "json": json.dumps(meta, sort_keys=True).encode()})
+                keys.append(job.key)
+        sidecar = {"name": name, "num_samples": len(keys), "keys": keys, "failed": failed}
+        _write_json_atomic(target.with_name(name + ".json"), sidecar)
+        os.replace(tmp, target)  # the tar appears last: a shard with its tar present is finished
+        return sidecar
+    finally:
+        for r in readers.values():
+            r.close()
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _write_json_atomic(path: Path, obj: Any) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    with os.fdopen(fd, "w") as f:
+        json.dump(obj, f, indent=1, sort_keys=True)
+    os.replace(tmp, path)
+
+
+def _fingerprint(cfg: ShardWriteConfig, plan: dict[str, list[SegmentJob]]) -> str:
+    h = hashlib.sha256(json.dumps(asdict(cfg), sort_keys=True).encode())
+    for split in sorted(plan):
+        for j in plan[split]:
+            h.update(f"{j.key}|{j.path}|{j.start!r}|{j.end!r}\n".encode())
+    return h.hexdigest()[:16]
+
+
+@dataclass
+class ShardWriteResult:
+    out_dir: str
+    written: list[str]  # shards written by this call
+    skipped: list[str]  # shards already finished by an earlier run
+    num_samples: dict[str, int]  # per split, in the finished shards
+    failed: list[dict[str, Any]]  # segments that could not be decoded (named, with the error)
+    complete: bool  # every shard of the plan is finished and index.json is written
+
+
+def write_shards(
+    manifest: str | os.PathLike[str] | Iterable[ManifestRow],
+    out_dir: str | os.PathLike[str],
+    cfg: ShardWriteConfig | None = None,
+    *,
+    num_workers: int = 1,
+    job_index: int = 0,
+    num_jobs: int = 1,
+) -> ShardWriteResult:
+    """Write the manifest's segments as WebDataset shards under ``out_dir`` (see the module docstring).
+
+    ``num_workers`` processes write shards in parallel; ``job_index`` / ``num_jobs`` pick every ``num_jobs``-th
+    shard, so independent cluster jobs can share the work (the last one to finish writes ``index.json``; a run with
+    ``num_jobs=1`` over a finished folder only rewrites it). A folder holding shards written with other settings or
+    another manifest raises ``ShardError``.
+    """
+    cfg = cfg or ShardWriteConfig()
+    if not 0 <= job_index < num_jobs:
+        raise ValueError(f"write_shards: job_index={job_index} must lie in [0, num_jobs={num_jobs})")
+    rows = read_manifest(manifest) if isinstance(manifest, (str, os.PathLike)) else list(manifest)
+    plan = plan_segments(rows, cfg)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    fp = _fingerprint(cfg, plan)
+    stamp = out / ".avssl_shards.json"
+    if stamp.is_file():
+        old = json.loads(stamp.read_text()).get("fingerprint")
+        if old != fp:
+            raise ShardError(f"{out}: holds shards written with other settings or another manifest "
+                             f"(fingerprint {old} != {fp}); write to a new folder")
+    else:
+        _write_json_atomic(stamp, {"fingerprint": fp, "config": asdict(cfg)})
+    tasks: list[tuple[str, list[SegmentJob]]] = []
+    for split, jobs in plan.items():
+        n = cfg.samples_per_shard
+        tasks += [(shard_name(split, i // n), jobs[i : i + n]) for i in range(0, len(jobs), n)]
+    mine = [t for k, t in enumerate(tasks) if k % num_jobs == job_index]
+    todo = [t for t in mine if not (out / t[0]).is_file()]
+    skipped = [t[0] for t in mine if (out / t[0]).is_file()]
+    if skipped:
+        log.info("shards: %d of %d shard(s) already finished in %s", len(skipped), len(mine), out)
+    if num_workers > 1 and len(todo) > 1:
+        with ProcessPoolExecutor(min(num_workers, len(todo))) as pool:
+            list(pool.map(_write_shard, [str(out)] * len(todo), [t[0] for t in todo], [t[1] for t in todo],
+                          [cfg] * len(todo)))
+    else:
+        for name, jobs in todo:
+            _write_shard(str(out), name, jobs, cfg)
+    complete = all((out / name).is_file() for name, _ in tasks)
+    num_samples: dict[str, int] = {}
+    failed: list[dict[str, Any]] = []
+    if complete:
+        index = _build_index(out, plan, tasks, cfg, fp, rows)
+        num_samples = {s: sum(sh["num_samples"] for sh in v["shards"]) for s, v in index["splits"].items()}
+        failed = index["failed"]
+    return ShardWriteResult(str(out), [t[0] for t in todo], skipped, num_samples, failed, complete)
+
+
+def _build_index(out: Path, plan: dict[str, list[SegmentJob]], tasks: list[tuple[str, list[SegmentJob]]],
+                 cfg: ShardWriteConfig, fp: str, rows: Sequence[ManifestRow]) -> dict[str, Any]:
+    splits: dict[str, Any] = {s: {"shards": []} for s in plan}
+    failed: list[dict[str, Any]] = []
+    for name, jobs in tasks:
+        side = json.loads((out / (name + ".json")).read_text())
+        splits[jobs[0].split]["shards"].append({"name": name, "num_samples": side["num_samples"]})
+        failed += side["failed"]
+    labels = sorted({r.meta.get("label", "") for r in rows if r.meta.get("label")})
+    index = {"format": "avssl-shards", "version": SHARD_FORMAT_VERSION, "fingerprint": fp, "config": asdict(cfg),
+             "splits": splits, "classes": {"label": labels}, "failed": failed}
+    _write_json_atomic(out / INDEX_NAME, index)
+    return index
+
+
+# ---------------------------------------------------------------------------------------------------- index
+
+
+@dataclass
+class ShardIndex:
+    """The shards of one split: ``urls`` and their sample counts, plus the writer's settings."""
+
+    urls: list[str]
+    counts: list[int]
+    config: dict[str, Any]
+    classes: dict[str, list[str]]
+    source: str
+
+    @property
+    def num_samples(self) -> int:
+        return sum(self.counts)
+
+    @classmethod
+    def load(cls, location: str | os.PathLike[str], split: str = "train", url_template: str | None = None
+             ) -> ShardIndex:
+        """Read ``index.json`` from a folder, a local file or any URL WebDataset's ``gopen`` opens.
+
+        Shard URLs are the index's folder joined with each shard name, or ``url_template.format(name=...)``
+        (e.g. ``"pipe:aws s3 cp s3://bucket/shards/{name} -"``).
+        """
+        import webdataset as wds
+
+        loc = os.fspath(location)
+        if "://" not in loc and not loc.startswith("pipe:") and os.path.isdir(loc):
+            loc = os.path.join(loc, INDEX_NAME)
+        try:
+            with wds.gopen(loc, "rb") as f:
+                index = json.loads(f.read().decode("utf-8"))
+        except (OSError, ValueError, UnicodeDecodeError) as e:
+            raise ShardError(f"{loc}: cannot read the shard index ({e})") from e
+        if index.get("format") != "avssl-shards":
+            raise ShardError(f"{loc}: not an avssl shard index (no format 'avssl-shards')")
+        if int(index.get("version", 0)) > SHARD_FORMAT_VERSION:
+            raise ShardError(f"{loc}: shard format version {index['version']} is newer than this avssl reads "
+                             f"({SHARD_FORMAT_VERSION})")
+        if split not in index["splits"]:
+            raise ShardError(f"{loc}: no split {split!r}; the index has {sorted(index['splits'])}")
+        shards = index["splits"][split]["shards"]
+        if not shards:
+            raise ShardError(f"{loc}: split {split!r} has no shards")
+        if url_template is not None:
+            urls = [url_template.format(name=s["name"]) for s in shards]
+        elif "://" in loc:
+            urls = [urljoin(loc, s["name"]) for s in shards]
+        else:
+            urls = [os.path.join(os.path.dirname(loc), s["name"]) for s in shards]
+        return cls(urls, [int(s["num_samples"]) for s in shards], index["config"], index.get("classes", {}), loc)
+
+
+# ---------------------------------------------------------------------------------------------------- planning
+
+
+@dataclass
+class EpochPlan:
+    """Which shards each (rank, worker) streams in one epoch and how many samples it yields.
+
+    ``shards[r][w]``: shard positions; ``quota[r][w]``: samples (a multiple of ``batch_size`` unless
+    ``even="none"``); ``batches_per_rank`` equal on every rank unless ``even="none"``; ``dropped`` / ``padded``:
+    samples left out / repeated this epoch to keep ranks even (over all ranks).
+    """
+
+    epoch: int
+    shards: list[list[list[int]]]
+    quota: list[list[int]]
+    samples_per_rank: list[int]
+    batches_per_rank: list[int]
+    total: int
+    dropped: int
+    padded: int
+
+    def describe(self) -> str:
+        return (f"epoch {self.epoch}: {self.total} samples over {len(self.quota)} rank(s) x "
+                f"{len(self.quota[0])} worker(s); {self.samples_per_rank[0]} per rank, dropped {self.dropped}, "
+                f"padded {self.padded}")
+
+
+def plan_epoch(counts: Sequence[int], *, epoch: int, seed: int, world_size: int, num_workers: int,
+               batch_size: int, even: Even = "drop", shuffle: bool = True) -> EpochPlan:
+    """Deal the shards to ranks and workers for ``epoch`` (a pure function: every process computes the same)."""
+    if even not in EVEN_MODES:
+        raise ValueError(f"even must be one of {EVEN_MODES}, got {even!r}")
+    if world_size < 1 or num_workers < 1 or batch_size < 1:
+        raise ValueError(f"bad world_size={world_size}, num_workers={num_workers}, batch_size={batch_size}")
+    n = len(counts)
+    if n < world_size:
+        raise ShardError(f"{n} shard(s) cannot be split over {world_size} ranks: write smaller shards "
+                         f"(samples_per_shard) so there are at least world_size x num_workers of them")
+    order = list(range(n))
+    if shuffle:
+        random.Random(int(hash_uniform("shards", seed, epoch) * 2**53)).shuffle(order)
+    shards = [[order[r::world_size][w::num_workers] for w in range(num_workers)] for r in range(world_size)]
+    avail = [[sum(counts[s] for s in ws) for ws in rs] for rs in shards]
+    total = sum(counts)
+    if even == "none":
+        quota = avail
+        per_rank = [sum(q) for q in quota]
+        batches = [sum(math.ceil(q / batch_size) for q in qs) for qs in quota]
+        return EpochPlan(epoch, shards, quota, per_rank, batches, total, 0, 0)
+    if even == "drop":
+        full = [[a // batch_size for a in rs] for rs in avail]
+        target = min(sum(f) for f in full)
+        if target == 0:
+            raise ShardError(f"a rank has no full batch of {batch_size} this epoch (samples per rank and worker: "
+                             f"{avail}); lower the batch size or the number of workers/ranks")
+        for f in full:
+            while sum(f) > target:  # take batches from the worker holding the most
+                f[max(range(len(f)), key=lambda w: (f[w], -w))] -= 1
+    else:
+        full = [[math.ceil(a / batch_size) for a in rs] for rs in avail]
+        target = max(sum(f) for f in full)
+        for r, f in enumerate(full):
+            can = [w for w in range(len(f)) if avail[r][w] > 0]
+            if not can:
+                raise ShardError(f"rank {r} has no samples to pad from this epoch")
+            while sum(f) < target:  # give extra batches to the worker holding the fewest
+                f[min(can, key=lambda w: (f[w], w))] += 1
+    quota = [[b * batch_size for b in f] for f in full]
+    used = sum(min(q, a) for qs, rs in zip(quota, avail) for q, a in zip(qs, rs))
+    padded = sum(max(0, q - a) for qs, rs in zip(quota, avail) for q, a in zip(qs, rs))
+    return EpochPlan(epoch, shards, quota, [target * batch_size] * world_size, [target] * world_size, total,
+                     total - used, padded)
+
+
+def _dist_info(rank: int | None, world_size: int | None) -> tuple[int, int]:
+    if rank is not None and world_size is not None:
+        return rank, world_size
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+# ---------------------------------------------------------------------------------------------------- reading
+
+
+def iter_shard_samples(urls: Sequence[str]) -> Iterator[dict[str, Any]]:
+    """Raw samples (``__key__``, ``mp4`` bytes, ``json`` bytes) of the shards, in order, through WebDataset."""
+    import webdataset as wds
+
+    def reraise(exn: Exception) -> bool:
+        raise ShardError(f"reading shards {list(urls)[:3]}...: {exn}") from exn
+
+    pipeline = wds.DataPipeline(wds.SimpleShardList(list(urls)), wds.tarfile_to_samples(handler=reraise))
+    yield from pipeline
+
+
+class ShardedClipDataset(IterableDataset[dict[str, Any]]):
+    """Clips of S segments streamed from shards; samples follow the dict of docs/architecture.md (``path`` is the
+    source file, ``index`` the sample's ordinal in its split, plus ``num_skipped`` and ``key``).
+
+    Each clip is cut from its sample exactly as ``AVClipDataset`` (mode ``random``) cuts it from a manifest row, its
+    random start a function of ``(seed, epoch, ordinal)``. ``num_workers`` must equal the DataLoader's; ``rank`` /
+    ``world_size`` default to torch.distributed's (or ``RANK`` / ``WORLD_SIZE``). Call ``set_epoch`` every epoch
+    (``avssl.lit.distributed.ShardEpochCallback`` does) and keep DataLoader workers non-persistent.
+    """
+
+    def __init__(
+        self,
+        index: ShardIndex,
+        *,
+        clip: ClipSpec,
+        fps: float = 8.0,
+        frame_size: int = 64,
+        fbank: FbankConfig | None = None,
+        video_transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        audio_transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        batch_size: int = 1,
+        num_workers: int = 0,
+        even: Even = "drop",
+        shuffle: bool = True,
+        shuffle_buffer: int = 256,
+        seed: int = 0,
+        label_column: str | None = "label",
+        classes: Sequence[str] | None = None,
+        rank: int | None = None,
+        world_size: int | None = None,
+        decode: bool = True,
+    ) -> None:
+        if even not in EVEN_MODES:
+            raise ValueError(f"ShardedClipDataset: even must be one of {EVEN_MODES}, got {even!r}")
+        self.index, self.clip, self.fps, self.frame_size = index, clip, float(fps), int(frame_size)
+        self.fbank = fbank or FbankConfig(sample_rate=int(index.config.get("sample_rate", 16000)))
+        self.video_transform, self.audio_transform = video_transform, audio_transform
+        self.batch_size, self.num_workers, self.even = int(batch_size), int(num_workers), even
+        self.shuffle, self.shuffle_buffer, self.seed = shuffle, int(shuffle_buffer), int(seed)
+        self.label_column = label_column
+        if classes is None and label_column:
+            classes = index.classes.get(label_column)
+        self.classes = list(classes or [])
+        self.rank, self.world_size = _dist_info(rank, world_size)
+        self.decode = decode
+        self.epoch = 0
+        self.skip_batches = 0  # batches of this rank already consumed this epoch (resume)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def plan(self, epoch: int | None = None) -> EpochPlan:
+        return plan_epoch(self.index.counts, epoch=self.epoch if epoch is None else epoch, seed=self.seed,
+                          world_size=self.world_size, num_workers=max(1, self.num_workers),
+                          batch_size=self.batch_size, even=self.even, shuffle=self.shuffle)
+
+    def __len__(self) -> int:
+        """Samples this rank yields per epoch (a multiple of the batch size unless ``even="none"``)."""
+        return self.plan().samples_per_rank[self.rank]
+
+    def _worker(self) -> tuple[int, int]:
+        info = get_worker_info()
+        if info is None:
+            return 0, 1
+        if info.num_workers != max(1, self.num_workers):
+            raise ValueError(f"ShardedClipDataset was planned for num_workers={self.num_workers} but the "
+                             f"DataLoader runs {info.num_workers}; pass the same number to both")
+        return info.id, info.num_workers
+
+    def raw_stream(self, plan: EpochPlan, worker: int) -> Iterator[dict[str, Any]]:
+        """This rank's ``worker``'s raw samples for the epoch: shuffled, cut to its quota (cycling to pad)."""
+        urls = [self.index.urls[s] for s in plan.shards[self.rank][worker]]
+        quota = plan.quota[self.rank][worker]
+        if quota == 0 or not urls:
+            return
+        rng = random.Random(int(hash_uniform("buffer", self.seed, plan.epoch, self.rank, worker) * 2**53))
+        yielded, cycle = 0, 0
+        while yielded < quota:
+            stream: Iterator[dict[str, Any]] = iter_shard_samples(urls)
+            if self.shuffle and self.shuffle_buffer > 1:
+                from webdataset.filters import _shuffle
+
+                stream = _shuffle(stream, self.shuffle_buffer, min(self.shuffle_buffer, 64), rng=rng)
+            got = 0
+            for sample in stream:
+                sample["__cycle__"] = cycle
+                yield sample
+                got += 1
+                yielded += 1
+                if yielded >= quota:
+                    return
+            if got == 0:
+                raise ShardError(f"shards {urls} hold no samples")
+            cycle += 1
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        worker, _ = self._worker()
+        plan = self.plan()
+        skip = self._skip_for_worker(plan, worker)
+        self.skip_batches = 0  # a resume skips once
+        tmp = tempfile.mkdtemp(prefix="avssl-shard-")
+        try:
+            pending_skips = 0
+            for k, raw in enumerate(self.raw_stream(plan, worker)):
+                if k < skip:
+                    continue
+                if not self.decode:
+                    meta = json.loads(raw["json"])
+                    yield {"key": raw["__key__"], "index": torch.tensor(meta["ordinal"]), "cycle": raw["__cycle__"]}
+                    continue
+                try:
+                    sample = self._decode(raw, tmp)
+                except MediaError as e:  # keep the quota: the next sample stands in (counted in num_skipped)
+                    log.warning("shards: skipping undecodable sample %s (%s)", raw.get("__key__"), e)
+                    pending_skips += 1
+                    continue
+                sample["num_skipped"] = torch.tensor(pending_skips, dtype=torch.int64)
+                pending_skips = 0
+                yield sample
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    def _skip_for_worker(self, plan: EpochPlan, worker: int) -> int:
+        """Samples ``worker`` skips to resume after ``skip_batches`` batches (the DataLoader takes batches from its
+        workers in turn, passing over exhausted ones)."""
+        if self.skip_batches <= 0:
+            return 0
+        left = [q // self.batch_size for q in plan.quota[self.rank]]
+        taken = [0] * len(left)
+        w, n = 0, self.skip_batches
+        while n > 0 and any(x > 0 for x in left):
+            if left[w] > 0:
+                left[w] -= 1
+                taken[w] += 1
+                n -= 1
+            w = (w + 1) % len(left)
+        return taken[worker] * self.batch_size
+
+    def _decode(self, raw: dict[str, Any], tmp: str) -> dict[str, Any]:
+        key = raw.get("__key__", "?")
+        if "mp4" not in raw or "json" not in raw:
+            raise ShardError(f"{raw.get('__url__')}: sample {key} lacks its mp4 or json member")
+        meta = json.loads(raw["json"])
+        path = os.path.join(tmp, "segment.mp4")
+        with open(path, "wb") as f:
+            f.write(raw["mp4"])
+        row = ManifestRow(path=path, start=0.0, end=float(meta["duration"]), split=meta["split"],
+                          meta={k: str(v) for k, v in meta.get("meta", {}).items()})
+        sample_seed = int(hash_uniform("shard-sample", self.seed, int(meta["ordinal"])) * 2**53)
+        ds = AVClipDataset([row], clip=self.clip, fps=self.fps, frame_size=self.frame_size,
+                           sample_rate=self.fbank.sample_rate, fbank=self.fbank,
+                           video_transform=self.video_transform, audio_transform=self.audio_transform,
+                           mode="random", seed=sample_seed, split=None, label_column=self.label_column,
+                           classes=self.classes, allow_missing_audio=True)
+        if len(ds) == 0:
+            raise MediaError(meta["source"], f"shard sample {key} lasts {meta['duration']:.3f} s, shorter than "
+                             f"one clip ({self.clip.clip_duration:.3f} s)")
+        ds.set_epoch(self.epoch * 1000 + int(raw.get("__cycle__", 0)))
+        try:
+            sample = ds._load(0)
+        except MediaError as e:
+            raise MediaError(meta["source"], f"shard sample {key}: {e.problem}") from e
+        sample["index"] = torch.tensor(int(meta["ordinal"]), dtype=torch.int64)
+        sample["path"] = meta["source"]
+        sample["key"] = key
+        sample["segment_starts"] = sample["segment_starts"] + float(meta["start"])  # back on the source clock
+        return sample
+
+
+__all__ = [
+    "EVEN_MODES",
+    "INDEX_NAME",
+    "SHARD_FORMAT_VERSION",
+    "EpochPlan",
+    "SegmentJob",
+    "ShardError",
+    "ShardIndex",
+    "ShardWriteConfig",
+    "ShardWriteResult",
+    "ShardedClipDataset",
+    "encode_segment",
+    "iter_shard_samples",
+    "plan_epoch",
+    "plan_segments",
+    "shard_name",
+    "write_shards",
+]

@@ -1,0 +1,227 @@
+"""WebDataset shards: writing (atomic, resumable, parallel), A/V sync through re-encoding, epoch planning, and
+exactly-once reading across 2 processes x 2 DataLoader workers."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch.utils.data import DataLoader
+
+pytest.importorskip("webdataset")
+
+from mediagen import detect_audio_onsets, detect_flash_times, make_av_file  # noqa: E402
+
+from avssl.data.demo import make_demo_dataset  # noqa: E402
+from avssl.data.manifest import ManifestRow, write_manifest  # noqa: E402
+from avssl.data.media import read_av_window  # noqa: E402
+from avssl.data.sampling import ClipSpec  # noqa: E402
+from avssl.data.shards import (  # noqa: E402
+    ShardedClipDataset,
+    ShardError,
+    ShardIndex,
+    ShardWriteConfig,
+    plan_epoch,
+    write_shards,
+)
+
+CFG = ShardWriteConfig(samples_per_shard=2, max_segment_duration=1.0, min_segment_duration=0.5, size=48, fps=8)
+
+
+@pytest.fixture(scope="module")
+def shard_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """5 demo videos of 2.6 s cut into 3 pieces each: 15 train samples in 8 shards (the last holds one)."""
+    root = tmp_path_factory.mktemp("shards")
+    manifest = make_demo_dataset(root / "demo", num_videos=5, duration=2.6, size=48, fps=12, val_fraction=0.0)
+    result = write_shards(manifest, root / "out", CFG, num_workers=2)
+    assert result.complete and result.num_samples == {"train": 15, "val": 0} and not result.failed
+    return root
+
+
+def test_shards_are_plain_tar_files_with_mp4_and_json(shard_dir: Path):
+    out = shard_dir / "out"
+    index = json.loads((out / "index.json").read_text())
+    shards = index["splits"]["train"]["shards"]
+    assert [s["num_samples"] for s in shards] == [2] * 7 + [1]
+    with tarfile.open(out / shards[0]["name"]) as tf:
+        names = tf.getnames()
+        assert sorted(names) == ["train-000000000.json", "train-000000000.mp4", "train-000000001.json",
+                                 "train-000000001.mp4"]
+        meta = json.loads(tf.extractfile("train-000000000.json").read())  # type: ignore[union-attr]
+        mp4 = tf.extractfile("train-000000000.mp4").read()  # type: ignore[union-attr]
+    assert meta["start"] == 0.0 and meta["end"] == pytest.approx(round(2.6 * 12) / 12 / 3) and meta["meta"]["label"]
+    assert meta["width"] == 48 and meta["height"] == 48 and meta["has_audio"]
+    assert len(mp4) < 60_000  # compact: 0.87 s at 48 px, 8 fps
+
+
+def test_rerun_skips_finished_shards_and_refuses_other_settings(shard_dir: Path, tmp_path: Path):
+    manifest = shard_dir / "demo" / "manifest.csv"
+    out = shard_dir / "out"
+    mtime = (out / "train-000003.tar").stat().st_mtime_ns
+    (out / "train-000005.tar").unlink()  # an interrupted run: one shard missing
+    again = write_shards(manifest, out, CFG)
+    assert again.written == ["train-000005.tar"] and len(again.skipped) == 7 and again.complete
+    assert (out / "train-000003.tar").stat().st_mtime_ns == mtime
+    assert not [p for p in os.listdir(out) if p.endswith(".tmp")]
+    with pytest.raises(ShardError, match="other settings"):
+        write_shards(manifest, out, ShardWriteConfig(samples_per_shard=3, max_segment_duration=1.0,
+                                                     min_segment_duration=0.5, size=48, fps=8))
+    # split jobs: job 0 of 2 writes every other shard and no index yet; job 1 completes the folder
+    part = write_shards(manifest, tmp_path / "jobs", CFG, job_index=0, num_jobs=2)
+    assert not part.complete and not (tmp_path / "jobs" / "index.json").exists()
+    rest = write_shards(manifest, tmp_path / "jobs", CFG, job_index=1, num_jobs=2)
+    assert rest.complete and rest.num_samples["train"] == 15
+
+
+def test_reencoded_segment_keeps_sync_and_missing_audio(tmp_path: Path):
+    truth = make_av_file(tmp_path / "src.mp4", duration=3.0, fps=25, size=(96, 64), audio_offset=0.5,
+                         events=(1.2, 2.3), gop=50)
+    write_manifest(tmp_path / "m.csv", [ManifestRow(path=truth.path, start=0.8, end=3.0)])
+    cfg = ShardWriteConfig(samples_per_shard=4, max_segment_duration=None, size=64, fps=25, gop=5,
+                           splits=("train",))
+    write_shards(tmp_path / "m.csv", tmp_path / "out", cfg)
+    with tarfile.open(tmp_path / "out" / "train-000000.tar") as tf:
+        data = tf.extractfile("train-000000000.mp4").read()  # type: ignore[union-attr]
+    seg = tmp_path / "seg.mp4"
+    seg.write_bytes(data)
+    win = read_av_window(seg, 0.0, 2.2, fps=25)
+    assert win.frames.shape[1] == 64  # short side
+    flashes = detect_flash_times(win.frames.numpy(), win.frame_times.numpy())
+    onsets = detect_audio_onsets(win.audio.numpy(), 16000, start=win.audio_start)
+    np.testing.assert_allclose(flashes, truth.events - 0.8, atol=0.041)  # one frame at 25 fps
+    np.testing.assert_allclose(onsets, truth.events - 0.8, atol=0.003)
+
+    # audio starting late: the re-encoded file marks the uncovered start invalid again
+    late = make_av_file(tmp_path / "late.mp4", duration=2.0, fps=25, audio_offset=0.6, events=(1.0,))
+    write_manifest(tmp_path / "m2.csv", [ManifestRow(path=late.path, start=0.0, end=2.0)])
+    write_shards(tmp_path / "m2.csv", tmp_path / "out2", cfg)
+    with tarfile.open(tmp_path / "out2" / "train-000000.tar") as tf:
+        seg.write_bytes(tf.extractfile("train-000000000.mp4").read())  # type: ignore[union-attr]
+    w2 = read_av_window(seg, 0.0, 2.0, fps=25)
+    valid = w2.audio_valid.numpy()
+    # (AAC encoder priming, 1024 samples = 64 ms, reads as near-silent valid audio before the first real sample)
+    assert not valid[: int(0.6 * 16000) - 2 * 1024].any() and valid[int(0.65 * 16000) : int(1.9 * 16000)].all()
+
+
+def test_plan_epoch_even_modes():
+    counts = [2, 2, 2, 2, 2, 2, 2, 1]
+    none = plan_epoch(counts, epoch=0, seed=0, world_size=2, num_workers=2, batch_size=2, even="none")
+    flat = sorted(s for rs in none.shards for ws in rs for s in ws)
+    assert flat == list(range(8)) and sum(none.samples_per_rank) == 15 and none.dropped == none.padded == 0
+    drop = plan_epoch(counts, epoch=0, seed=0, world_size=2, num_workers=2, batch_size=2, even="drop")
+    assert drop.batches_per_rank == [3, 3] and drop.dropped == 3 and drop.padded == 0
+    assert all(q % 2 == 0 for qs in drop.quota for q in qs)
+    pad = plan_epoch(counts, epoch=0, seed=0, world_size=2, num_workers=2, batch_size=2, even="pad")
+    assert pad.batches_per_rank == [4, 4] and pad.padded == 1 and pad.dropped == 0
+    other = plan_epoch(counts, epoch=1, seed=0, world_size=2, num_workers=2, batch_size=2)
+    assert other.shards != drop.shards  # shard order reshuffled per epoch
+    with pytest.raises(ShardError, match="cannot be split over 16 ranks"):
+        plan_epoch(counts, epoch=0, seed=0, world_size=16, num_workers=1, batch_size=1)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _reader_worker(rank: int, world: int, port: int, out_dir: str, result_dir: str) -> None:
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    try:
+        index = ShardIndex.load(out_dir, "train")
+        results = {}
+        for even in ("none", "drop", "pad"):
+            ds = ShardedClipDataset(index, clip=ClipSpec(2, 0.25), batch_size=2, num_workers=2, even=even,
+                                    seed=3, decode=False)
+            epochs = []
+            for epoch in (0, 1):
+                ds.set_epoch(epoch)
+                # workers forked: a spawned process would otherwise spawn (and re-import torch in) its workers
+                loader = DataLoader(ds, batch_size=2, num_workers=2, multiprocessing_context="fork")
+                batches = [[str(k) for k in b["key"]] for b in loader]
+                epochs.append({"batches": batches, "len": len(loader), "plan": vars(ds.plan())})
+            results[even] = epochs
+        with open(os.path.join(result_dir, f"rank{rank}.json"), "w") as f:
+            json.dump(results, f)
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_reader_yields_every_sample_once_across_two_processes_and_two_workers(shard_dir: Path, tmp_path: Path):
+    mp.spawn(_reader_worker, args=(2, _free_port(), str(shard_dir / "out"), str(tmp_path)), nprocs=2, join=True)
+    res = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    everything = {f"train-{i:09d}" for i in range(15)}
+    for epoch in (0, 1):
+        keys = [k for r in res for b in r["none"][epoch]["batches"] for k in b]
+        assert sorted(keys) == sorted(everything)  # exactly once across 2 ranks x 2 workers
+        drop = [[k for b in r["drop"][epoch]["batches"] for k in b] for r in res]
+        plan = res[0]["drop"][epoch]["plan"]
+        assert len(drop[0]) == len(drop[1]) == plan["samples_per_rank"][0]  # ranks even
+        assert all(len(b) == 2 for r in res for b in r["drop"][epoch]["batches"])
+        assert len(set(drop[0] + drop[1])) == 15 - plan["dropped"]  # no repeats; drops as reported
+        assert [len(r["drop"][epoch]["batches"]) for r in res] == [r["drop"][epoch]["len"] for r in res]
+        pad = [[k for b in r["pad"][epoch]["batches"] for k in b] for r in res]
+        pplan = res[0]["pad"][epoch]["plan"]
+        assert len(pad[0]) == len(pad[1]) and set(pad[0] + pad[1]) == everything
+        assert len(pad[0]) + len(pad[1]) - 15 == pplan["padded"]
+    order = [[k for b in res[0]["none"][e]["batches"] for k in b] for e in (0, 1)]
+    assert order[0] != order[1]  # shuffled differently each epoch
+
+
+def test_decoded_batches_follow_the_sample_contract(shard_dir: Path):
+    index = ShardIndex.load(shard_dir / "out", "train")
+    ds = ShardedClipDataset(index, clip=ClipSpec(2, 0.25), fps=8, frame_size=32, batch_size=4, num_workers=0,
+                            even="drop", seed=0)
+    assert len(ds) == 12 and ds.classes == ["chirp_triangle", "noise_ring", "sine_circle", "square_square"]
+    batch = next(iter(DataLoader(ds, batch_size=4)))
+    assert batch["video"].shape == (4, 2, 3, 2, 32, 32) and batch["audio"].shape[:3] == (4, 2, 1)
+    assert batch["video_valid"].all() and batch["audio_valid"].float().mean() > 0.9
+    assert batch["label"].min() >= 0 and batch["num_skipped"].sum() == 0
+    assert all(p.endswith(".mp4") and "demo" in p for p in batch["path"])
+    first = next(iter(ds))
+    again = next(iter(ds))
+    assert torch.equal(first["video"], again["video"]) and torch.equal(first["audio"], again["audio"])
+
+
+def test_bad_index_errors_name_the_file(tmp_path: Path):
+    with pytest.raises(ShardError, match="cannot read the shard index"):
+        ShardIndex.load(tmp_path)
+    (tmp_path / "index.json").write_text(json.dumps({"format": "other"}))
+    with pytest.raises(ShardError, match="not an avssl shard index"):
+        ShardIndex.load(tmp_path)
+
+
+def test_resume_skips_consumed_batches(shard_dir: Path):
+    index = ShardIndex.load(shard_dir / "out", "train")
+    kw = dict(clip=ClipSpec(2, 0.25), batch_size=2, num_workers=2, even="drop", seed=1, decode=False)
+    full = [list(b["key"]) for b in DataLoader(ShardedClipDataset(index, **kw), batch_size=2, num_workers=2)]
+    ds = ShardedClipDataset(index, **kw)
+    ds.skip_batches = 2
+    rest = [list(b["key"]) for b in DataLoader(ds, batch_size=2, num_workers=2)]
+    assert rest == full[2:]
+
+
+@pytest.mark.slow
+def test_training_reads_shards_through_the_datamodule(shard_dir: Path, tmp_path: Path):
+    from hydra import compose, initialize_config_module
+
+    from avssl.lit.run import train
+
+    with initialize_config_module("avssl.conf", version_base="1.3"):
+        cfg = compose("train", overrides=[
+            "debug=[tiny,fast_dev_run]", "data=shards", f"data.path={shard_dir / 'out'}", "data.val_split=train",
+            "data.num_workers=0", "data.batch_size=2", "data.val_batch_size=2", "data.num_segments=2",
+            "data.segment_duration=0.25", "data.fbank.num_mel_bins=64", "data.frame_size=32",
+            f"output_dir={tmp_path}", "logger=none", "trainer.enable_progress_bar=false"])
+    result = train(cfg)
+    assert result.metrics["val/loss"] == result.metrics["val/loss"]  # finite (not NaN)
+    assert result.metrics["data/bad_files"] == 0
