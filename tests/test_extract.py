@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from avssl import export as ex
-from tests.test_export import PRE, fake_checkpoint
+from test_export import PRE, fake_checkpoint
 
 pytest.importorskip("av")
 
