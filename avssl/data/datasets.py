@@ -12,7 +12,6 @@ import json
 import logging
 import math
 import os
-import tempfile
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ from typing import Any, Literal
 import torch
 from torch.utils.data import Dataset
 
+from avssl.data.atomic import write_json_atomic
 from avssl.data.errors import MediaError
 from avssl.data.features import FbankConfig, log_mel, normalize, valid_frames
 from avssl.data.manifest import Manifest, ManifestRow, read_manifest
@@ -391,11 +391,7 @@ def scan_folder(
 
 def _write_json_atomic(path: Path, obj: Any) -> None:
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f)
-        os.replace(tmp, path)
+        write_json_atomic(path, obj)
     except OSError as e:  # a read-only dataset folder: work without the cache
         log.warning("could not write probe cache %s (%s)", path, e)
 

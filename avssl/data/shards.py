@@ -47,6 +47,7 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
+from avssl.data.atomic import write_json_atomic
 from avssl.data.datasets import AVClipDataset
 from avssl.data.errors import MediaError
 from avssl.data.features import FbankConfig
@@ -224,10 +225,7 @@ def _write_shard(out_dir: str, name: str, jobs: list[SegmentJob], cfg: ShardWrit
 
 
 def _write_json_atomic(path: Path, obj: Any) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        json.dump(obj, f, indent=1, sort_keys=True)
-    os.replace(tmp, path)
+    write_json_atomic(path, obj, indent=1, sort_keys=True)
 
 
 def _fingerprint(cfg: ShardWriteConfig, plan: dict[str, list[SegmentJob]]) -> str:
