@@ -9,7 +9,7 @@ if [ ! -x "$venv/bin/python" ]; then
   python3 -m venv "$venv"
 fi
 "$venv/bin/python" -m pip install -q --upgrade pip
-"$venv/bin/python" -m pip install -q -c "$repo/constraints.txt" "$repo[${AVSSL_EXTRAS:-dev,decord}]"
+"$venv/bin/python" -m pip install -q -c "$repo/constraints.txt" "$repo[${AVSSL_EXTRAS:-dev,decord,slurm}]"
 AVSSL_PY="$venv/bin/python"
 AVSSL_BIN="$venv/bin"
 export AVSSL_PY AVSSL_BIN

@@ -106,9 +106,11 @@ def test_short_training_learns_synchrony_and_reconstruction(demo_cache: str, tmp
     overrides = [
         f"data.demo.cache_dir={demo_cache}", f"output_dir={tmp_path}", *QUIET,
         "experiment=sync_masked", "data.demo.num_videos=24", "data.demo.val_fraction=0.17",
-        "data.clips_per_file=12", "trainer.max_epochs=5", "logger=none", "seed=1",
-        # small inputs keep it near a minute on 2 cores: 32 px frames, 32 mel bins, a higher learning rate
+        "data.clips_per_file=12", "trainer.max_epochs=5", "logger=none", "seed=0",
+        # small inputs keep it near a minute on 2 cores: 32 px frames, 32 mel bins, a higher learning rate, and
+        # light MAE weights so that 75 steps suffice for synchrony (measured 0.64-0.69 over seeds; docs/results.md)
         "data.frame_size=32", "data.fbank.num_mel_bins=32", "optimizer.lr=3e-3",
+        "objective.weights.mae_video=0.1", "objective.weights.mae_audio=0.1",
         "data.num_workers=2", "data.persistent_workers=true",
     ]
     result = train(_cfg(overrides))
