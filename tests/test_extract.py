@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from test_export import PRE, fake_checkpoint
 
 from avssl import export as ex
-from test_export import PRE, fake_checkpoint
 
 pytest.importorskip("av")
 

@@ -125,7 +125,7 @@ def plan_segments(rows: Iterable[ManifestRow], cfg: ShardWriteConfig) -> dict[st
     return out
 
 
-def _even(x: int) -> int:
+def _even(x: float) -> int:
     return max(2, int(round(x / 2)) * 2)
 
 

@@ -168,7 +168,7 @@ class ResumableDataLoader(DataLoader):
         self._yielded = skip
         it = super().__iter__()
         if target is not None and target is self.dataset and self.num_workers > 0:
-            target.skip_batches = 0  # the workers hold it now; the next epoch starts from its beginning
+            setattr(target, "skip_batches", 0)  # noqa: B010 - the workers hold it now; the next epoch starts from its beginning
         for batch in it:
             self._yielded += 1
             yield batch
@@ -183,8 +183,8 @@ class ResumableDataLoader(DataLoader):
 def rng_state() -> dict[str, Any]:
     """Python, NumPy and torch (CPU and CUDA) RNG states as tensors and plain containers (``weights_only``-safe)."""
     py = random.getstate()
-    np_state = np.random.get_state()
-    state: dict[str, Any] = {
+    np_state: Any = np.random.get_state()
+    state: dict[Any, Any] = {
         "python": [py[0], list(py[1]), py[2]],
         "numpy": [str(np_state[0]), torch.from_numpy(np.asarray(np_state[1]).astype(np.int64)),
                   int(np_state[2]), int(np_state[3]), float(np_state[4])],
