@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import os
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any
@@ -173,6 +174,24 @@ def _seek(path: str, container: Any, stream: Any, t_raw: float) -> None:
             raise DecodeError(path, f"cannot seek the {stream.type} stream: {e}") from e
 
 
+MAX_BAD_PACKETS = 64  # undecodable packets tolerated in one read before the file counts as corrupt
+
+
+def decode_packets(container: Any, stream: Any, decoder: Any) -> Iterator[tuple[Any, list[Any]]]:
+    """Demux ``stream`` from its current position and decode each packet with ``decoder``: yields (packet, frames).
+    A few undecodable packets (damaged data) are skipped; more than ``MAX_BAD_PACKETS`` raise."""
+    errors = 0
+    for packet in container.demux(stream):
+        try:
+            frames = decoder.decode(packet)
+        except av.InvalidDataError:
+            errors += 1
+            if errors > MAX_BAD_PACKETS:
+                raise
+            continue
+        yield packet, frames
+
+
 def fresh_audio_decoder(stream: Any) -> Any:
     """A new decoder for ``stream`` with the stream's parameters, so that decoded samples depend only on the packets
     fed since the seek: FFmpeg decoders keep state across a seek (``flush_buffers`` does not clear all of it; AAC's
@@ -229,16 +248,8 @@ def decode_video_span(
         done = False
         past_end = 0
         decoded_any = False
-        errors = 0
         try:
-            for packet in container.demux(stream):
-                try:
-                    out = stream.decode(packet)
-                except av.InvalidDataError:
-                    errors += 1
-                    if errors > 64:
-                        raise
-                    continue
+            for _packet, out in decode_packets(container, stream, stream):
                 for frame in out:
                     decoded_any = True
                     t = _frame_time(frame, stream, origin, prev, step)
@@ -334,17 +345,9 @@ def decode_audio_window(
         first_seen: float | None = None
         next_pts: float | None = None
         decoded_any = False
-        errors = 0
         past = 0
         try:
-            for packet in container.demux(stream):
-                try:
-                    frames = decoder.decode(packet)
-                except av.InvalidDataError:
-                    errors += 1
-                    if errors > 64:
-                        raise
-                    continue
+            for packet, frames in decode_packets(container, stream, decoder):
                 stop = False
                 for frame in frames:
                     decoded_any = True
