@@ -1,5 +1,5 @@
 """Benchmark avssl-prep on generated media: probe throughput, normalisation speed beside the simplest PyAV loop,
-and the cost of reading a window from a long normalised recording versus a cut file.
+the measuring pass of ``normalise.enabled=false`` beside a decode-only loop, and the cost of reading a window from a long normalised recording versus a cut file.
 
     PYTHONPATH=. python benchmarks/bench_prep.py [--seconds 20] [--size 640x360] [--long-s 600]
 
@@ -76,6 +76,13 @@ def plain_loop(src: Path, dst: Path, short: int = 256, fps: int = 30, sr: int = 
         out.mux(aus.encode(None))
 
 
+def decode_only(src: Path) -> None:
+    """The floor of a measuring pass: demux and decode both streams, nothing else."""
+    with av.open(str(src)) as inp:
+        for pkt in inp.demux(inp.streams.video[0], inp.streams.audio[0]):
+            pkt.decode()
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--seconds", type=float, default=20.0, help="length of the normalisation test file")
@@ -110,8 +117,16 @@ def main(argv: list[str] | None = None) -> None:
         t0 = time.perf_counter()
         plain_loop(src, tmp / "plain.mp4")
         t_plain = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        normalise_recording(src, tmp / "measured", info, NormaliseOptions(), encode=False)
+        t_measure = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        decode_only(src)
+        t_decode = time.perf_counter() - t0
         rows += [(f"normalise {w}x{h} 30 fps -> short side 256 (x real time, 1 core)", f"{args.seconds / t_norm:.1f}"),
-                 ("simplest PyAV loop, same target (x real time, 1 core)", f"{args.seconds / t_plain:.1f}")]
+                 ("simplest PyAV loop, same target (x real time, 1 core)", f"{args.seconds / t_plain:.1f}"),
+                 ("normalise.enabled=false: measuring pass only (x real time, 1 core)", f"{args.seconds / t_measure:.1f}"),
+                 ("decode both streams, nothing else (x real time, 1 core)", f"{args.seconds / t_decode:.1f}")]
 
         long_src = tmp / "long.mp4"
         make_media(long_src, args.long_s, 160, 96)

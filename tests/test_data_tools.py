@@ -256,3 +256,113 @@ def test_copy_of_tree_gives_identical_media(prepared, tmp_path):
     run_prep(prep_cfg(src, out2), echo=lambda s: None)
     h1 = {k: v for k, v in _hashes(out).items() if k.startswith("media/S/")}
     assert _hashes(out2) == h1
+
+
+# ---------------------------------------------------------------------- normalise.enabled=false (source files)
+
+
+@pytest.fixture(scope="module")
+def measured(prepared, tmp_path_factory):
+    """The same tree prepared without normalising: rows over the source files, statistics from one decode pass."""
+    root, _, _ = prepared
+    out = tmp_path_factory.mktemp("measured")
+    result = run_prep(prep_cfg(root / "media", out, "normalise.enabled=false", tables=root / "tables"),
+                      echo=lambda s: None)
+    return root, out, result
+
+
+def _key(r) -> tuple:
+    return (r.meta["recording"], r.start, r.end)
+
+
+def test_source_mode_rows_match_normalised_rows(prepared, measured):
+    root, out_n, res_n = prepared
+    _, out, result = measured
+    normalised = {_key(r): r for r in read_manifest(out_n / "manifest.csv")}
+    rows = {_key(r): r for r in read_manifest(out / "manifest.csv")}
+    assert rows.keys() == normalised.keys()  # same grid, same recordings
+    for k, r in rows.items():
+        n = normalised[k]
+        # same split, flags, exclusion and metadata; only the media columns and orient differ
+        assert (r.split, r.flags, r.exclude, r.duration, r.has_audio) == (n.split, n.flags, n.exclude, n.duration,
+                                                                           n.has_audio), k
+        assert {c: v for c, v in r.meta.items() if c != "orient"} == n.meta
+        assert r.meta["orient"] == "180"  # SAYCam's configured flip, applied when read
+        src = root / "media" / r.meta["source"]
+        assert Path(r.path).resolve() == src.resolve()
+    assert (rows[("S/S_20130501_0700_01", 0.0, 2.5)].codec_video, rows[("S/S_20130501_0700_01", 0.0, 2.5)].fps) == (
+        "mpeg4", pytest.approx(24.0))
+    assert [(b.rel, b.reason) for b in result.bad_files] == [(b.rel, b.reason) for b in res_n.bad_files]
+    assert not (out / "media").exists()  # nothing transcoded
+    assert len(list((out / "stats").rglob("*.stats.npz"))) == 6
+    assert (out / "report" / "report.md").is_file()
+
+
+def test_source_mode_reads_upright_and_aligned_through_the_data_layer(measured):
+    from avssl.data.datasets import AVClipDataset
+    from avssl.data.sampling import ClipSpec
+
+    _, out, _ = measured
+    rows = [r for r in read_manifest(out / "manifest.csv") if r.meta["recording"] == "S/S_20130417_0600_01"]
+    ds = AVClipDataset(rows, clip=ClipSpec(num_segments=1, segment_duration=0.5), fps=30.0, frame_size=32,
+                       mode="center", split=None)
+    frame = ds.read_clip(0)[0].frames[0, 0].numpy().astype(int)  # raw decoded frame, before any transform
+    assert frame[:8, :8, 0].mean() > 180 and frame[:8, :8, 1].mean() < 80  # red marker top-left: upright
+    assert not (frame[-8:, -8:, 0].mean() > 180 and frame[-8:, -8:, 1].mean() < 80)
+    for name, flashes in (("S/S_20130417_0600_01", EVENTS), ("A/A_20140302_1100_02", EVENTS)):
+        r = next(r for r in read_manifest(out / "manifest.csv") if r.meta["recording"] == name)
+        w = read_av_window(r.path, 0.0, 5.0, fps=30.0, orient=r.meta["orient"])
+        f = w.frames.numpy().astype(np.float32)
+        flash = w.frame_times.numpy()[f[:, 16:, 12:].mean(axis=(1, 2, 3)) > 200]
+        flash_on = [flash[0]] + [t for p, t in zip(flash[:-1], flash[1:]) if t - p > 0.1]
+        a = np.abs(w.audio.numpy())
+        loud = np.flatnonzero(a > 0.3)
+        beep_on = [loud[0]] + [j for i, j in zip(loud[:-1], loud[1:]) if j - i > 1600]
+        assert np.allclose(flash_on, flashes, atol=1 / 30 + 1e-6)
+        assert np.allclose(w.audio_start + np.asarray(beep_on) / w.sample_rate, EVENTS, atol=0.005)
+
+
+def test_source_mode_rerun_skips_and_switching_modes_redoes(measured, tmp_path):
+    root, out, _ = measured
+    before = (out / "manifest.csv").read_bytes()
+    res = run_prep(prep_cfg(root / "media", out, "normalise.enabled=false", tables=root / "tables"),
+                   echo=lambda s: None)
+    assert res.processed == [] and len(res.skipped) == 6 and (out / "manifest.csv").read_bytes() == before
+    # encoder-only settings do not invalidate the measurements
+    res = run_prep(prep_cfg(root / "media", out, "normalise.enabled=false", "normalise.crf=30", tables=root / "tables"),
+                   echo=lambda s: None)
+    assert res.processed == []
+
+
+def test_source_mode_dry_run_says_what_it_would_do(measured, tmp_path):
+    root, _, _ = measured
+    lines: list[str] = []
+    run_prep(prep_cfg(root / "media", tmp_path / "o", "normalise.enabled=false", "dry_run=true"), echo=lines.append)
+    text = "\n".join(lines)
+    assert "S/S_20130417_0600_01.mp4 -> stats/S/S_20130417_0600_01.stats.npz (to do)" in text
+    assert "normalise: off" in text and "rotate=180" in text
+    assert not (tmp_path / "o").exists()
+
+
+def test_orient_with_exact_size_and_in_evaluation_items(measured):
+    from avssl.evaluation.sources import items_from_manifest
+
+    _, out, _ = measured
+    items = items_from_manifest(out / "manifest.csv")
+    assert items and {it.orient for it in items} == {"180"}
+    src = items[0].path
+    # (H, W) is the size after the correction, whichever way it turns the picture
+    assert tuple(read_av_window(src, 0.0, 0.2, orient="90", size=(20, 30)).frames.shape[1:3]) == (20, 30)
+    assert tuple(read_av_window(src, 0.0, 0.2, orient="90", size=16).frames.shape[1:3]) == (21, 16)
+    with pytest.raises(ValueError, match="orient"):
+        read_av_window(src, 0.0, 0.2, orient="45")
+
+
+def test_source_mode_bad_settings_fail_before_any_work(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    with pytest.raises(ValueError, match="normalise.enabled must be true or false"):
+        run_prep(prep_cfg(src, tmp_path / "o", "normalise.enabled=maybe"), echo=lambda s: None)
+    with pytest.raises(ValueError, match="multiple of 90"):
+        run_prep(prep_cfg(src, tmp_path / "o", "normalise.enabled=false", "normalise.rotate=45"), echo=lambda s: None)
+    assert not (tmp_path / "o").exists()

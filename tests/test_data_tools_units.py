@@ -108,3 +108,32 @@ def test_shard_parsing_and_configs_compose():
     assert compose_prep_config(["src=/x", "out=/y", "dataset=saycam"])["normalise"]["rotate"] == 180
     with pytest.raises(Exception, match="typo"):
         compose_prep_config(["src=/x", "out=/y", "segment.typo=1"])
+
+
+def test_orientation_parse_apply_and_source_correction():
+    import torch
+
+    from avssl.data.orient import Orientation, parse_orient
+    from avssl.data_tools.normalise import NormaliseOptions
+    from avssl.data_tools.pipeline import source_orientation
+
+    assert parse_orient(None).identity and parse_orient("").identity and parse_orient("0").identity
+    assert parse_orient("90+hflip") == Orientation(90, hflip=True)
+    assert parse_orient(-90) == Orientation(270) and parse_orient("180+vflip+hflip") == Orientation(180, True, True)
+    for text in ("", "180", "90+hflip", "0+vflip", "270+hflip+vflip"):
+        assert str(parse_orient(text)) == text  # round trip through the manifest column
+    for bad in ("45", "upside", "90+mirror"):
+        with pytest.raises(ValueError, match="orient"):
+            parse_orient(bad)
+    x = torch.arange(2 * 3 * 4 * 3).reshape(2, 3, 4, 3)  # [T, H, W, C]
+    ref = x.numpy()
+    for o in (Orientation(90), Orientation(180, hflip=True), Orientation(270, vflip=True)):
+        want = np.rot90(ref, k=o.rotate // 90, axes=(1, 2))  # same order as normalise: rotate, hflip, vflip
+        want = want[:, :, ::-1] if o.hflip else want
+        want = want[:, ::-1] if o.vflip else want
+        assert np.array_equal(o.apply(x).numpy(), want)
+    # readers apply the stream rotation themselves; an explicit rotate replaces it when normalising
+    assert source_orientation(0, NormaliseOptions(rotate=180)) == Orientation(180)
+    assert source_orientation(90, NormaliseOptions(rotate=180)) == Orientation(90)
+    assert source_orientation(90, NormaliseOptions(rotate="auto", hflip=True)) == Orientation(0, hflip=True)
+    assert source_orientation(270, NormaliseOptions(rotate=0)) == Orientation(90)

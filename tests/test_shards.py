@@ -225,3 +225,24 @@ def test_training_reads_shards_through_the_datamodule(shard_dir: Path, tmp_path:
     result = train(cfg)
     assert result.metrics["val/loss"] == result.metrics["val/loss"]  # finite (not NaN)
     assert result.metrics["data/bad_files"] == 0
+
+
+def test_manifest_orient_is_baked_into_the_shard_once(tmp_path: Path):
+    """A row's ``orient`` correction (avssl-prep normalise.enabled=false) is applied when the shard is written and
+    dropped from the shard's metadata, so the shard reader does not apply it a second time."""
+    from fake_saycam import FakeFile, make_fake_saycam
+
+    root = make_fake_saycam(tmp_path / "tree", (FakeFile("S/S_20130417_0600_01.mp4", 2.0, 25),))  # upside down
+    src = root / "media" / "S" / "S_20130417_0600_01.mp4"
+    write_manifest(tmp_path / "m.csv", [ManifestRow(path=str(src), start=0.0, end=2.0,
+                                                    meta={"orient": "180", "child": "S"})], extra_columns=["child"])
+    cfg = ShardWriteConfig(samples_per_shard=4, max_segment_duration=None, size=48, fps=25, splits=("train",))
+    write_shards(tmp_path / "m.csv", tmp_path / "out", cfg)
+    with tarfile.open(tmp_path / "out" / "train-000000.tar") as tf:
+        data = tf.extractfile("train-000000000.mp4").read()  # type: ignore[union-attr]
+        meta = json.loads(tf.extractfile("train-000000000.json").read())  # type: ignore[union-attr]
+    assert meta["orient_applied"] == "180" and meta["meta"] == {"child": "S"}
+    seg = tmp_path / "seg.mp4"
+    seg.write_bytes(data)
+    frame = read_av_window(seg, 0.1, 0.2).frames[0].numpy().astype(int)
+    assert frame[:8, :8, 0].mean() > 180 and frame[:8, :8, 1].mean() < 80  # red marker top-left: upright

@@ -26,6 +26,7 @@ from avssl.data.errors import MediaError
 from avssl.data.features import FbankConfig, log_mel, normalize, valid_frames
 from avssl.data.manifest import Manifest, ManifestRow, read_manifest
 from avssl.data.media import MediaReader, probe
+from avssl.data.orient import row_orient
 from avssl.data.sampling import (
     ClipSpec,
     audio_offsets,
@@ -172,6 +173,7 @@ class AVClipDataset(Dataset[dict[str, Any]]):
                 self.num_short_rows += 1
             else:
                 self.rows.append(r)
+        self._orient = [row_orient(r) for r in self.rows]  # a fixed picture correction per row (data/orient.py)
         if self.num_short_rows:
             log.warning("AVClipDataset: dropped %d row(s) shorter than one clip (%.3f s)",
                         self.num_short_rows, clip.clip_duration)
@@ -272,7 +274,8 @@ class AVClipDataset(Dataset[dict[str, Any]]):
     def read_clip(self, index: int) -> tuple[SegmentCut, list[float], list[float]]:
         """Decode item ``index`` (one window) and cut its raw segments; also returns video and audio starts.
         Raises ``MediaError`` for a broken file (no skipping here)."""
-        row = self.rows[self._items[index][0]]
+        row_index = self._items[index][0]
+        row = self.rows[row_index]
         v_starts, a_starts = self.clip_times(index)
         dur, fps, sr = self.clip.segment_duration, self.fps, self.sample_rate
         t_frames = max(1, round(dur * fps))
@@ -284,7 +287,7 @@ class AVClipDataset(Dataset[dict[str, Any]]):
         reader = self._reader(row.path)
         try:
             win = reader.read(w0, w1 - w0, fps=fps, sample_rate=sr, mono=True, size=self.decode_size,
-                              allow_missing_audio=self.allow_missing_audio)
+                              allow_missing_audio=self.allow_missing_audio, orient=self._orient[row_index])
         except MediaError:
             self._readers.pop(row.path, None)
             reader.close()

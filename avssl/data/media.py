@@ -19,6 +19,7 @@ import torch
 
 from avssl.data import _pyav
 from avssl.data.errors import DecodeError, InvalidWindow, MediaError, MediaNotFound, MissingStreamError
+from avssl.data.orient import Orientation, parse_orient
 from avssl.data.types import AVWindow, MediaInfo
 
 BACKENDS = ("pyav", "decord")
@@ -162,6 +163,7 @@ class MediaReader:
         mono: bool = True,
         size: Size = None,
         allow_missing_audio: bool = False,
+        orient: str | Orientation | None = None,
     ) -> AVWindow:
         """Frames and audio of ``[start, start + duration)``; see ``read_av_window``."""
         start, duration = float(start), float(duration)
@@ -177,6 +179,9 @@ class MediaReader:
         ):
             raise ValueError(f"size must be None, a positive int or (H, W); got {size!r}")
         size = size if size is None or isinstance(size, int) else (int(size[0]), int(size[1]))
+        fix = parse_orient(orient)
+        if fix.swaps_axes and isinstance(size, tuple):
+            size = (size[1], size[0])  # decode at the transposed size; the correction turns it back
         info = self.info
         if info.video is None:
             raise MissingStreamError(self.path, "no video stream")
@@ -199,6 +204,7 @@ class MediaReader:
         except Exception as e:  # a decoder failure of any kind: name the file
             raise DecodeError(self.path, f"decoding failed: {type(e).__name__}: {e}") from e
         frames, frame_times, source_times, frames_valid = video
+        frames = fix.apply(frames)
         if not bool(frames_valid.any()) and not bool(audio_valid.any()):
             raise DecodeError(
                 self.path,
@@ -339,13 +345,15 @@ def read_av_window(
     size: Size = None,
     backend: str = "pyav",
     allow_missing_audio: bool = False,
+    orient: str | Orientation | None = None,
 ) -> AVWindow:
     """Video frames and audio of ``[start, start + duration)`` seconds (file clock) of one file.
 
     - ``fps=None``: every frame whose pts lies in the window; else ``round(duration * fps)`` frames, each the one on
       screen at ``start + k / fps`` (right for variable frame rate).
     - ``size``: None keeps the decoded size; an int sets the short side (aspect kept); (H, W) is exact.
-      The display rotation of the stream is applied.
+      The display rotation of the stream is applied, then ``orient`` (a fixed correction such as ``"180"``, see
+      ``avssl.data.orient``; a given (H, W) is the size after it).
     - audio: float32 [S] (``mono``) or [C, S], ``S = round(duration * sample_rate)``, sample k at
       ``start + k / sample_rate``; uncovered samples are zero and False in ``audio_valid``.
     - Raises MediaNotFound, DecodeError, MissingStreamError (no video; no audio unless ``allow_missing_audio``)
@@ -363,4 +371,5 @@ def read_av_window(
             mono=mono,
             size=size,
             allow_missing_audio=allow_missing_audio,
+            orient=orient,
         )

@@ -53,6 +53,7 @@ from avssl.data.errors import MediaError
 from avssl.data.features import FbankConfig
 from avssl.data.manifest import ManifestRow, read_manifest
 from avssl.data.media import MediaReader
+from avssl.data.orient import ORIENT_COLUMN, row_orient
 from avssl.data.sampling import ClipSpec, hash_uniform
 
 log = logging.getLogger(__name__)
@@ -135,12 +136,15 @@ def encode_segment(reader: MediaReader, job: SegmentJob, cfg: ShardWriteConfig) 
     v = info.video
     if v is None or not v.width or not v.height:
         raise MediaError(job.path, "no video stream with a known size")
+    fix = row_orient(job)  # a fixed correction from the manifest (data/orient.py), baked into the shard
     disp_w, disp_h = (v.height, v.width) if v.rotation in (90, 270) else (v.width, v.height)
+    if fix.swaps_axes:
+        disp_w, disp_h = disp_h, disp_w
     scale = cfg.size / min(disp_w, disp_h)
     out_w, out_h = _even(disp_w * scale), _even(disp_h * scale)
     dur = job.end - job.start
     win = reader.read(job.start, dur, fps=cfg.fps, sample_rate=cfg.sample_rate, mono=True, size=(out_h, out_w),
-                      allow_missing_audio=cfg.allow_missing_audio)
+                      allow_missing_audio=cfg.allow_missing_audio, orient=fix)
     fvalid = win.frames_valid.numpy()
     avalid = win.audio_valid.numpy()
     has_audio = info.has_audio and bool(avalid.any())
@@ -179,7 +183,8 @@ def encode_segment(reader: MediaReader, job: SegmentJob, cfg: ShardWriteConfig) 
         "end": job.end, "duration": dur, "fps": float(cfg.fps), "sample_rate": cfg.sample_rate,
         "width": out_w, "height": out_h, "has_audio": has_audio,
         "video_valid_fraction": float(fvalid.mean()) if len(fvalid) else 0.0,
-        "audio_valid_fraction": float(avalid.mean()) if len(avalid) else 0.0, "meta": job.meta,
+        "audio_valid_fraction": float(avalid.mean()) if len(avalid) else 0.0,
+        "meta": {k: v for k, v in job.meta.items() if k != ORIENT_COLUMN}, "orient_applied": str(fix),
     }
     return buf.getvalue(), meta
 

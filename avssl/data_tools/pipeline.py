@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from avssl.data.manifest import ManifestRow, write_manifest
+from avssl.data.orient import ORIENT_COLUMN, Orientation
 from avssl.data_tools.discover import ProbeRecord, discover, probe_all
 from avssl.data_tools.metadata import load_birthdates, load_transcripts, recording_metadata, utterances_json
 from avssl.data_tools.normalise import NormaliseOptions, load_stats, normalise_recording
@@ -92,20 +93,32 @@ def _fault(cfg: dict[str, Any], stage: str) -> None:
         raise InjectedFault(f"fault injected after stage {stage!r}")
 
 
-def _media_paths(out: Path, rid: str) -> tuple[Path, Path, Path, Path]:
+def _media_paths(out: Path, rid: str, encode: bool = True) -> tuple[Path, Path, Path, Path]:
+    """(media, statistics, marker, error record) of a recording. Without encoding (``normalise.enabled=false``)
+    only the statistics are made, under ``stats/``, and ``media`` is just the name they derive from."""
+    if not encode:
+        base = out / "stats" / rid
+        return (base, base.with_name(base.name + ".stats.npz"),
+                base.with_name(base.name + ".json"), base.with_name(base.name + ".error.json"))
     base = out / "media" / rid
     return (base.with_name(base.name + ".mp4"), base.with_name(base.name + ".mp4.stats.npz"),
             base.with_name(base.name + ".json"), base.with_name(base.name + ".error.json"))
 
 
+def _outputs_ready(media: Path, stats: Path, encode: bool) -> bool:
+    return stats.is_file() and (not encode or media.is_file())
+
+
 def _normalise_task(src: str, rel: str, info: dict[str, Any], out: str, opts: dict[str, Any],
-                    key: dict[str, Any]) -> dict[str, Any]:
-    """Normalise one recording (runs in a worker); writes its marker or its error record."""
+                    key: dict[str, Any], encode: bool = True) -> dict[str, Any]:
+    """Normalise one recording, or only measure it (``encode=False``; runs in a worker); writes its marker or its
+    error record."""
     from avssl.data.types import MediaInfo
 
-    media, _, marker, error = _media_paths(Path(out), recording_id(rel))
+    media, _, marker, error = _media_paths(Path(out), recording_id(rel), encode)
     try:
-        res = normalise_recording(Path(src, rel), media, MediaInfo.from_dict(info), NormaliseOptions(**opts))
+        res = normalise_recording(Path(src, rel), media, MediaInfo.from_dict(info), NormaliseOptions(**opts),
+                                  encode=encode)
     except Exception as e:  # noqa: BLE001 - a bad file never stops the run
         problem = getattr(e, "problem", None) or f"{type(e).__name__}: {e}"
         atomic_write_text(error, json.dumps({"key": key, "rel": rel, "error": problem}, sort_keys=True))
@@ -126,21 +139,51 @@ def _norm_options(cfg: dict[str, Any]) -> NormaliseOptions:
     return NormaliseOptions(**n)
 
 
-def _task_key(probe: ProbeRecord, opts: NormaliseOptions) -> dict[str, Any]:
-    return {"version": PIPELINE_VERSION, "source": probe.fingerprint, "options": opts.key()}
+# options that only change the encoded media, not the statistics a measuring pass makes
+_ENCODE_ONLY_OPTIONS = ("rotate", "hflip", "vflip", "gop_s", "crf", "preset", "audio_bitrate")
 
 
-def _done(out: Path, rel: str, key: dict[str, Any], retry_failed: bool) -> bool:
-    media, stats, marker, error = _media_paths(out, recording_id(rel))
+def normalise_enabled(cfg: dict[str, Any]) -> bool:
+    """``normalise.enabled`` (default true): false keeps the source files and only measures them."""
+    value = (cfg.get("normalise") or {}).get("enabled", True)
+    if not isinstance(value, bool):
+        raise ValueError(f"normalise.enabled must be true or false, got {value!r}")
+    return value
+
+
+def _task_key(probe: ProbeRecord, opts: NormaliseOptions, encode: bool = True) -> dict[str, Any]:
+    if encode:
+        return {"version": PIPELINE_VERSION, "source": probe.fingerprint, "options": opts.key()}
+    options = {k: v for k, v in opts.key().items() if k not in _ENCODE_ONLY_OPTIONS}
+    return {"version": PIPELINE_VERSION, "source": probe.fingerprint, "mode": "measure", "options": options}
+
+
+def _done(out: Path, rel: str, key: dict[str, Any], retry_failed: bool, encode: bool = True) -> bool:
+    media, stats, marker, error = _media_paths(out, recording_id(rel), encode)
     for f in (marker,) if retry_failed else (marker, error):
         if f.is_file():
             try:
                 rec = json.loads(f.read_text())
             except ValueError:
                 continue
-            if rec.get("key") == key and (f is error or (media.is_file() and stats.is_file())):
+            if rec.get("key") == key and (f is error or _outputs_ready(media, stats, encode)):
                 return True
     return False
+
+
+def source_orientation(stream_rotation: int, opts: NormaliseOptions) -> Orientation:
+    """The read-time correction that shows a source file as normalising it would (``normalise.enabled=false``).
+
+    Readers always apply the stream's display rotation; normalising applies ``rotate`` *instead of* it (``auto``:
+    the stream's own), then the flips. So the extra rotation is the configured one minus the stream's.
+    """
+    if str(opts.rotate) == "auto":
+        rot = 0
+    else:
+        if int(opts.rotate) % 90:
+            raise ValueError(f"normalise.rotate must be auto or a multiple of 90 degrees, got {opts.rotate!r}")
+        rot = (int(opts.rotate) - int(stream_rotation)) % 360
+    return Orientation(rot, bool(opts.hflip), bool(opts.vflip))
 
 
 @contextmanager
@@ -158,6 +201,9 @@ def run_prep(cfg: dict[str, Any], echo: Callable[[str], Any] = print) -> PrepRes
     ds = cfg["dataset"]
     si, sn = parse_shard(cfg.get("shard"))
     merge_only = bool(cfg.get("merge", False))
+    encode = normalise_enabled(cfg)
+    if not encode:
+        source_orientation(0, _norm_options(cfg))  # a bad rotate fails before any work
 
     # 1. discover
     rels = discover(src, ds.get("extensions"), ds.get("exclude") or ())
@@ -175,10 +221,16 @@ def run_prep(cfg: dict[str, Any], echo: Callable[[str], Any] = print) -> PrepRes
         opts = _norm_options(cfg)
         echo(f"[dry run] {len(rels)} media files under {src}; this job (shard {si}/{sn}) handles {len(mine)}")
         for rel in mine:
-            media, *_ = _media_paths(out, recording_id(rel))
-            state = "exists" if media.exists() else "to do"
-            echo(f"  {rel} -> {media.relative_to(out)} ({state})")
-        echo(f"  normalise: {opts.key()}")
+            media, stats, *_ = _media_paths(out, recording_id(rel), encode)
+            target = media if encode else stats
+            state = "exists" if target.exists() else "to do"
+            echo(f"  {rel} -> {target.relative_to(out)} ({state})")
+        if encode:
+            echo(f"  normalise: {opts.key()}")
+        else:
+            echo("  normalise: off (normalise.enabled=false): the manifest points at the source files; one decode "
+                 f"pass measures the quality statistics; orientation applied when read: rotate={opts.rotate}, "
+                 f"hflip={opts.hflip}, vflip={opts.vflip}")
         echo(f"  segments of {cfg['segment']['length_s']} s; manifest {out / cfg['manifest_name']}")
         return result
     _fault(cfg, "discover")
@@ -198,14 +250,15 @@ def run_prep(cfg: dict[str, Any], echo: Callable[[str], Any] = print) -> PrepRes
             p = probes[rel]
             if p.info is None or p.error:
                 continue
-            key = _task_key(p, opts)
-            if _done(out, rel, key, bool(cfg.get("retry_failed", False))):
+            key = _task_key(p, opts, encode)
+            if _done(out, rel, key, bool(cfg.get("retry_failed", False)), encode):
                 result.skipped.append(rel)
             else:
                 tasks.append((rel, p, key))
         total_s = sum(float(p.info.duration or 0.0) for _, p, _ in tasks if p.info is not None)
-        with _progress(cfg, round(total_s, 1), "normalise", "s") as bar, _pool(workers) as ex:
-            args = [(os.fspath(src), rel, p.info.to_dict(), os.fspath(out), asdict(opts), key)
+        with _progress(cfg, round(total_s, 1), "normalise" if encode else "measure", "s") as bar, \
+                _pool(workers) as ex:
+            args = [(os.fspath(src), rel, p.info.to_dict(), os.fspath(out), asdict(opts), key, encode)
                     for rel, p, key in tasks if p.info is not None]
             dur = {rel: float(p.info.duration or 0.0) for rel, p, _ in tasks if p.info is not None}
             if ex is None:
@@ -229,8 +282,30 @@ def run_prep(cfg: dict[str, Any], echo: Callable[[str], Any] = print) -> PrepRes
     return result
 
 
+def _normalised_columns(media: Path, root: Path, facts: dict[str, Any]) -> dict[str, Any]:
+    """Manifest media columns of a normalised recording."""
+    has_a = bool(facts["has_source_audio"])
+    return dict(path=os.path.relpath(media, root), fps=facts["fps"], width=facts["width"], height=facts["height"],
+                sample_rate=facts["sample_rate"] if has_a else None, channels=1 if has_a else None, rotation=0,
+                codec_video="h264", codec_audio="aac" if has_a else None)
+
+
+def _source_columns(path: Path, root: Path, info: Any, facts: dict[str, Any],
+                    opts: NormaliseOptions) -> dict[str, Any]:
+    """Manifest media columns of an untouched source file (as ``docs/manifest.md`` defines them: stored size, the
+    stream's rotation), plus its read-time correction (``orient``)."""
+    v, au = info.video, info.audio
+    fix = source_orientation(v.rotation, opts)
+    a = au if (au is not None and facts["has_source_audio"]) else None
+    return {"path": os.path.relpath(path, root), "fps": v.avg_fps, "width": v.width, "height": v.height,
+            "sample_rate": a.sample_rate if a else None, "channels": a.channels if a else None,
+            "rotation": v.rotation, "codec_video": v.codec, "codec_audio": a.codec if a else None,
+            ORIENT_COLUMN: str(fix)}
+
+
 def _finalise(cfg: dict[str, Any], src: Path, out: Path, rels: list[str], clashes: dict[str, str],
               probes: dict[str, ProbeRecord], opts: NormaliseOptions, result: PrepResult) -> None:
+    encode = normalise_enabled(cfg)
     ds, seg, q_cfg, sp = cfg["dataset"], cfg["segment"], cfg["quality"], cfg["split"]
     q = QualityOptions(**{k: v for k, v in q_cfg.items() if k != "exclude"})
     exclude_on = set(q_cfg.get("exclude") or ())
@@ -250,9 +325,10 @@ def _finalise(cfg: dict[str, Any], src: Path, out: Path, rels: list[str], clashe
         if p.info is None or p.error:
             result.bad_files.append(BadFile(rel, "undecodable", p.error or "cannot be probed"))
             continue
-        media, stats_path, marker, error = _media_paths(out, recording_id(rel))
-        key = _task_key(p, opts)
-        if marker.is_file() and json.loads(marker.read_text()).get("key") == key and media.is_file():
+        media, stats_path, marker, error = _media_paths(out, recording_id(rel), encode)
+        key = _task_key(p, opts, encode)
+        if (marker.is_file() and json.loads(marker.read_text()).get("key") == key
+                and _outputs_ready(media, stats_path, encode)):
             facts = json.loads(marker.read_text())["facts"]
         elif error.is_file() and json.loads(error.read_text()).get("key") == key:
             result.bad_files.append(BadFile(rel, "undecodable", json.loads(error.read_text())["error"]))
@@ -270,6 +346,12 @@ def _finalise(cfg: dict[str, Any], src: Path, out: Path, rels: list[str], clashe
         meta = recording_metadata(rel, ds, birth)
         meta["recording"] = recording_id(rel)
         meta["source"] = rel
+        if encode:
+            media_cols = _normalised_columns(media, manifest_path.parent, facts)
+        else:  # rows over the untouched source file, corrected when read (normalise.enabled=false)
+            assert p.info is not None
+            media_cols = _source_columns(src / rel, manifest_path.parent, p.info, facts, opts)
+            meta[ORIENT_COLUMN] = media_cols.pop(ORIENT_COLUMN)
         split = assign_split(meta["session_id"], sp["fractions"], sp.get("seed", 0), meta.get(ds.get("child_field") or "child"),
                              sp.get("heldout_children") or (), sp.get("heldout_split", "test"))
         utts = transcripts.get(Path(rel).stem, [])
@@ -282,19 +364,15 @@ def _finalise(cfg: dict[str, Any], src: Path, out: Path, rels: list[str], clashe
             if transcripts:
                 row_meta["utterances"] = utterances_json(utts, a, b)
             rows.append(ManifestRow(
-                path=os.path.relpath(media, manifest_path.parent), start=a, end=b, split=split,
-                duration=facts["duration"], has_audio=facts["has_source_audio"], has_video=True, fps=facts["fps"],
-                width=facts["width"], height=facts["height"],
-                sample_rate=facts["sample_rate"] if facts["has_source_audio"] else None,
-                channels=1 if facts["has_source_audio"] else None, rotation=0, codec_video="h264",
-                codec_audio="aac" if facts["has_source_audio"] else None,
-                flags={f: bool(flags.get(f, False)) for f in FLAGS},
-                exclude=any(flags.get(f, False) for f in exclude_on), meta=row_meta))
+                start=a, end=b, split=split, duration=facts["duration"], has_audio=facts["has_source_audio"],
+                has_video=True, flags={f: bool(flags.get(f, False)) for f in FLAGS},
+                exclude=any(flags.get(f, False) for f in exclude_on), meta=row_meta, **media_cols))
     if missing:
         raise RuntimeError(f"{len(missing)} recording(s) have not been normalised with the current settings "
                            f"(e.g. {missing[:3]}); run the shard jobs (or a run without shard=) first")
     _fault(cfg, "segment")
-    extra = ["child", "recording_date", "age_days", "utterances"] if transcripts else ["child", "recording_date", "age_days"]
+    extra = ["child", "recording_date", "age_days"] + (["utterances"] if transcripts else []) + (
+        [] if encode else [ORIENT_COLUMN])
     result.manifest = write_manifest(manifest_path, rows, extra_columns=extra)
     result.rows = rows
     _fault(cfg, "manifest")

@@ -52,11 +52,13 @@ class EncoderPair:
     def sample_rate(self) -> int:
         return int(self.audio.preprocessor.sample_rate)
 
-    def read(self, path: str | os.PathLike[str], start: float, duration: float) -> AVWindow:
-        """Decode ``[start, start + duration)`` at the model's fps and sample rate (mono)."""
+    def read(self, path: str | os.PathLike[str], start: float, duration: float, orient: str | None = None) -> AVWindow:
+        """Decode ``[start, start + duration)`` at the model's fps and sample rate (mono); ``orient`` is a fixed
+        picture correction (a manifest's ``orient`` column, see ``avssl.data.orient``)."""
         from avssl.data.media import read_av_window
 
-        return read_av_window(path, start, duration, fps=self.fps, sample_rate=self.sample_rate, mono=True)
+        return read_av_window(path, start, duration, fps=self.fps, sample_rate=self.sample_rate, mono=True,
+                              orient=orient)
 
     @torch.no_grad()
     def embed_video(self, win: AVWindow, start: float, num_segments: int = 1) -> Tensor:
@@ -97,7 +99,8 @@ def window_starts(start: float, end: float, window: float, hop: float) -> list[f
 
 
 def embed_windows(
-    pair: EncoderPair, path: str | os.PathLike[str], starts: list[float], window: float, chunk: float = 30.0
+    pair: EncoderPair, path: str | os.PathLike[str], starts: list[float], window: float, chunk: float = 30.0,
+    orient: str | None = None,
 ) -> tuple[Tensor, Tensor]:
     """L2-normalised ``(video, audio)`` embeddings ``[W, D]`` of windows ``[t, t + window)`` for ``t`` in ``starts``.
 
@@ -113,7 +116,7 @@ def embed_windows(
         while j + 1 < len(starts) and starts[j + 1] + window - starts[i] <= max(chunk, window) + 1e-9:
             j += 1
         lo, hi = starts[i], starts[j] + window
-        win = pair.read(path, lo, hi - lo)
+        win = pair.read(path, lo, hi - lo, orient)
         for t in starts[i : j + 1]:
             v = pair.embed_video(win, t, n_seg)
             a = pair.embed_audio(win, [t + k * seg for k in range(n_seg)])
@@ -127,14 +130,15 @@ def embed_windows(
 
 @torch.no_grad()
 def offset_similarities(
-    pair: EncoderPair, path: str | os.PathLike[str], video_start: float, offsets: list[float]
+    pair: EncoderPair, path: str | os.PathLike[str], video_start: float, offsets: list[float],
+    orient: str | None = None,
 ) -> Tensor:
     """Cosine similarity ``[K]`` of the video segment at ``video_start`` with the audio segment starting at
     ``video_start + offsets[k]`` (positive offset: audio taken from later in the file). One read per call."""
     seg = pair.segment_duration
     lo = video_start + min(0.0, min(offsets))
     hi = video_start + seg + max(0.0, max(offsets))
-    win = pair.read(path, lo, hi - lo)
+    win = pair.read(path, lo, hi - lo, orient)
     v = pair.embed_video(win, video_start, 1)  # [1, D]
     a = pair.embed_audio(win, [video_start + o for o in offsets])  # [K, D]
     return (F.normalize(a, dim=-1) @ F.normalize(v, dim=-1).T).squeeze(1)

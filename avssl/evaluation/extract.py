@@ -34,8 +34,9 @@ class ExtractReport:
     failed: dict[str, str] = field(default_factory=dict)
 
 
-def _spans(input_path: Path) -> tuple[dict[str, list[tuple[float, float]]], Path]:
-    """Spans to cover per file and the root that output names are relative to."""
+def _spans(input_path: Path) -> tuple[dict[str, list[tuple[float, float]]], Path, dict[str, str]]:
+    """Spans to cover per file, the root that output names are relative to, and each file's picture correction
+    (a manifest's ``orient`` column)."""
     if input_path.is_dir():
         items: list[EvalItem] = items_from_folder(input_path)
         root = input_path
@@ -45,9 +46,13 @@ def _spans(input_path: Path) -> tuple[dict[str, list[tuple[float, float]]], Path
     else:
         raise FileNotFoundError(f"{input_path}: no such folder or manifest")
     spans: dict[str, list[tuple[float, float]]] = defaultdict(list)
+    orients: dict[str, str] = {}
     for it in items:
         spans[it.path].append((it.start, it.end))
-    return dict(spans), root
+        if orients.setdefault(it.path, it.orient) != it.orient:
+            raise ValueError(f"{input_path}: rows of {it.path} disagree on the orient column "
+                             f"({orients[it.path]!r} vs {it.orient!r})")
+    return dict(spans), root, orients
 
 
 def output_path(media: str, root: Path, out_dir: Path, fmt: str) -> Path:
@@ -131,7 +136,7 @@ def extract(
     hop = float(hop or window)
     if window + 1e-9 < pair.segment_duration:
         raise ValueError(f"window {window} s is shorter than the model's segment ({pair.segment_duration} s)")
-    spans, root = _spans(Path(input_path))
+    spans, root, orients = _spans(Path(input_path))
     out = Path(out_dir)
     report = ExtractReport()
     meta_common = {
@@ -148,7 +153,7 @@ def extract(
         starts = sorted({t for a, b in spans[media] for t in window_starts(a, b, window, hop)})
         try:
             if starts:
-                v, a = embed_windows(pair, media, starts, window, chunk=chunk)
+                v, a = embed_windows(pair, media, starts, window, chunk=chunk, orient=orients[media])
             else:
                 v = a = torch.empty(0, pair.video.embed_dim)
         except MediaError as e:

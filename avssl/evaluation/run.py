@@ -63,7 +63,7 @@ def evaluate_offsets(
             skipped += 1
             continue
         for t in starts:
-            rows.append(offset_similarities(pair, item.path, t, offsets))
+            rows.append(offset_similarities(pair, item.path, t, offsets, item.orient))
     if not rows:
         raise ValueError(
             f"no item is long enough for the offset grid (needs {seg - min(offsets) + max(offsets):.2f} s)"
@@ -100,7 +100,7 @@ def evaluate_retrieval(
         if not starts:
             skipped += 1
             continue
-        v, a = embed_windows(pair, item.path, starts, length)
+        v, a = embed_windows(pair, item.path, starts, length, orient=item.orient)
         vs.append(v[0])
         as_.append(a[0])
     if len(vs) < 2:
@@ -137,7 +137,7 @@ def item_embeddings(
             ]
         if not starts:
             continue
-        v, a = embed_windows(pair, item.path, starts, window)
+        v, a = embed_windows(pair, item.path, starts, window, orient=item.orient)
         vs.append(F.normalize(v.mean(0), dim=-1))
         as_.append(F.normalize(a.mean(0), dim=-1))
         kept.append(i)
@@ -206,7 +206,7 @@ def _segment_inputs(pair: EncoderPair, item: EvalItem, modality: str, max_segmen
         starts = [
             starts[round(j * (len(starts) - 1) / max(max_segments - 1, 1))] for j in range(max_segments)
         ]
-    win = pair.read(item.path, item.start, n * seg)
+    win = pair.read(item.path, item.start, n * seg, item.orient)
     if modality == "video":
         return torch.cat(
             [

@@ -17,6 +17,7 @@ class EvalItem:
     end: float
     label: str | None = None
     split: str = "train"
+    orient: str = ""  # fixed picture correction from the manifest's orient column (avssl.data.orient)
 
     @property
     def duration(self) -> float:
@@ -26,6 +27,7 @@ class EvalItem:
 def items_from_manifest(path: str | os.PathLike[str], label_column: str = "label") -> list[EvalItem]:
     """Rows of an avssl manifest (excluded rows left out)."""
     from avssl.data.manifest import read_manifest
+    from avssl.data.orient import row_orient
 
     out = []
     for r in read_manifest(path):
@@ -34,7 +36,8 @@ def items_from_manifest(path: str | os.PathLike[str], label_column: str = "label
         label = r.get(label_column)
         out.append(
             EvalItem(
-                r.path, float(r.start), float(r.end), label if label not in (None, "") else None, r.split
+                r.path, float(r.start), float(r.end), label if label not in (None, "") else None, r.split,
+                str(row_orient(r)),
             )
         )
     return out
