@@ -21,7 +21,7 @@ import numpy as np
 from avssl.data.errors import DecodeError, MissingStreamError
 from avssl.data.types import MediaInfo
 
-STATS_VERSION = 1
+STATS_VERSION = 2  # 2: luma from the Y plane (full range), taken before rotation
 AUDIO_BLOCKS_PER_S = 100  # audio statistics resolution: 10 ms blocks
 
 
@@ -192,23 +192,34 @@ class _AudioSink:
             self._encode(None)
 
 
-_no_picture = np.zeros((0, 0, 3), np.uint8)  # stands in for the picture when nothing is encoded
+def _scaled_planes(frame: av.VideoFrame, width: int, height: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The frame scaled (swscale, area) to ``width`` x ``height`` (both even) YUV 4:2:0: planes Y [H, W], U and V
+    [H/2, W/2]. Staying in YUV saves two colour conversions per frame over an RGB round trip."""
+    flat = frame.reformat(width=width, height=height, format="yuv420p", interpolation="AREA").to_ndarray().reshape(-1)
+    n, c = width * height, (width // 2) * (height // 2)
+    return (flat[:n].reshape(height, width), flat[n : n + c].reshape(height // 2, width // 2),
+            flat[n + c : n + 2 * c].reshape(height // 2, width // 2))
 
 
-def _luma_direct(frame: av.VideoFrame, width: int, height: int) -> np.ndarray:
-    """Luma of a decoded frame as :func:`_luma_small` finds it in the ``width`` x ``height`` RGB picture, without
-    making that picture: swscale scales straight to grey (the RGB conversion is 80 % of the cost), then the same
-    subsampling. Full-range grey equals the BT.601 luma of the RGB picture to within a grey level or two."""
-    grey = frame.reformat(width=width, height=height, format="gray", interpolation="AREA").to_ndarray()
-    step = max(1, max(width, height) // 64)
-    return grey[::step, ::step].astype(np.float32)
+def _orient_planes(planes: tuple[np.ndarray, ...], rot: int, hflip: bool, vflip: bool) -> np.ndarray:
+    """Rotate (counter-clockwise) and flip each plane, then pack them as a ``[H * 3 / 2, W]`` yuv420p array."""
+    out = []
+    for p in planes:
+        if rot:
+            p = np.rot90(p, k=rot // 90)
+        if hflip:
+            p = p[:, ::-1]
+        if vflip:
+            p = p[::-1]
+        out.append(np.ascontiguousarray(p).reshape(-1))
+    return np.concatenate(out).reshape(-1, planes[0].shape[1] if rot % 180 == 0 else planes[0].shape[0])
 
 
-def _luma_small(rgb: np.ndarray) -> np.ndarray:
-    """Luma (BT.601) of a frame subsampled to at most ~64 px on its long side, float32 in [0, 255]."""
-    step = max(1, max(rgb.shape[:2]) // 64)
-    x = rgb[::step, ::step].astype(np.float32)
-    return 0.299 * x[..., 0] + 0.587 * x[..., 1] + 0.114 * x[..., 2]
+def _luma_small(y: np.ndarray) -> np.ndarray:
+    """Full-range luma [0, 255] (float32) of a limited-range Y plane, subsampled to at most ~64 px on its long side.
+    Rotation and flips do not change its mean, spread or frame-to-frame difference, so it is taken before them."""
+    step = max(1, max(y.shape) // 64)
+    return (y[::step, ::step].astype(np.float32) - 16.0) * np.float32(255.0 / 219.0)
 
 
 def normalise_recording(src: str | os.PathLike[str], dst: str | os.PathLike[str], info: MediaInfo,
@@ -279,11 +290,12 @@ def normalise_recording(src: str | os.PathLike[str], dst: str | os.PathLike[str]
             state: dict[str, Any] = {"k": 0, "prev": None, "prev_t": None, "first_t": None, "last_luma": None,
                                      "diff": 0.0, "a_first": None, "errors": []}
 
-            def emit_video(rgb: np.ndarray, luma: np.ndarray, upto_t: float | None, valid: bool) -> None:
-                """Encode output frames k with k / fps < upto_t (all remaining if None is never passed)."""
+            def emit_video(pic: np.ndarray | None, luma: np.ndarray, upto_t: float | None, valid: bool) -> None:
+                """Encode output frames k with k / fps < upto_t (all remaining if None is never passed); ``pic`` is
+                the upright yuv420p picture (None when only measuring)."""
                 while upto_t is None or state["k"] / fps < upto_t - 1e-9:
-                    if vout is not None and out is not None:
-                        vf = av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(format="yuv420p")
+                    if vout is not None and out is not None and pic is not None:
+                        vf = av.VideoFrame.from_ndarray(pic, format="yuv420p")
                         vf.pts = state["k"]
                         vf.time_base = 1 / fps
                         out.mux(vout.encode(vf))
@@ -303,33 +315,19 @@ def normalise_recording(src: str | os.PathLike[str], dst: str | os.PathLike[str]
                 if frame.pts is None:
                     return
                 t = float(frame.pts * frame.time_base) - origin  # type: ignore[operator]
-                rgb: np.ndarray
-                if vout is None:
-                    # measuring only: the statistics are invariant to rotation and flips, and need no RGB picture
-                    # (docs/benchmarks.md: about 3x faster than making it)
-                    rgb = _no_picture
-                    luma = _luma_direct(frame, pre_w, pre_h)
-                else:
-                    small = frame.reformat(width=pre_w, height=pre_h, format="rgb24", interpolation="AREA")
-                    rgb = small.to_ndarray()
-                    if rot:
-                        rgb = np.rot90(rgb, k=rot // 90)
-                    if opts.hflip:
-                        rgb = rgb[:, ::-1]
-                    if opts.vflip:
-                        rgb = rgb[::-1]
-                    rgb = np.ascontiguousarray(rgb)
-                    luma = _luma_small(rgb)
+                planes = _scaled_planes(frame, pre_w, pre_h)
+                luma = _luma_small(planes[0])  # the same in both modes: statistics need no upright picture
+                pic = None if vout is None else _orient_planes(planes, rot, opts.hflip, opts.vflip)
                 if state["prev"] is None:
                     state["first_t"] = t
                     # frames before the first source frame: show it, marked as not on screen
-                    emit_video(rgb, luma, t, valid=False)
+                    emit_video(pic, luma, t, valid=False)
                 else:
                     if t <= state["prev_t"]:
                         return  # duplicate or out-of-order timestamp: keep the first frame shown for it
                     emit_video(state["prev"][0], state["prev"][1], t, valid=True)
                     state["diff"] = float(np.abs(luma - state["last_luma"]).mean())
-                state["prev"], state["prev_t"], state["last_luma"] = (rgb, luma), t, luma
+                state["prev"], state["prev_t"], state["last_luma"] = (pic, luma), t, luma
 
             def on_audio(frame: av.AudioFrame) -> None:
                 assert resampler is not None
