@@ -101,6 +101,17 @@ def test_metadata_splits_and_utterances(prepared):
     assert len({r.split for r in m if r.meta["session_id"] == "S_20130417_0600"}) == 1
 
 
+def _assert_flashes_and_beeps(w, flashes) -> None:
+    """Flash onsets within one frame of ``flashes`` and beep onsets within 5 ms of EVENTS in one decoded window."""
+    f = w.frames.numpy().astype(np.float32)
+    flash = w.frame_times.numpy()[f[:, 16:, 12:].mean(axis=(1, 2, 3)) > 200]
+    flash_on = [flash[0]] + [t for p, t in zip(flash[:-1], flash[1:]) if t - p > 0.1]
+    loud = np.flatnonzero(np.abs(w.audio.numpy()) > 0.3)
+    beep_on = [loud[0]] + [j for i, j in zip(loud[:-1], loud[1:]) if j - i > 1600]
+    assert np.allclose(flash_on, flashes, atol=1 / 30 + 1e-6)
+    assert np.allclose(w.audio_start + np.asarray(beep_on) / w.sample_rate, EVENTS, atol=0.005)  # placed by pts
+
+
 def test_picture_upright_and_streams_aligned(prepared):
     _, out, _ = prepared
     media = out / "media" / "S" / "S_20130417_0600_01.mp4"
@@ -114,16 +125,7 @@ def test_picture_upright_and_streams_aligned(prepared):
     assert not (br[0] > 180 and br[1] < 80)
     for name, flashes in (("S/S_20130417_0600_01.mp4", EVENTS), ("A/A_20140302_1100_02.mp4", EVENTS),
                           ("S/S_20130417_0600_02.mp4", EVENTS[:1])):  # its second flash is in the dark span
-        w = read_av_window(out / "media" / name, 0.0, 5.0, fps=30.0)
-        f = w.frames.numpy().astype(np.float32)
-        flash = w.frame_times.numpy()[f[:, 16:, 12:].mean(axis=(1, 2, 3)) > 200]
-        flash_on = [flash[0]] + [t for p, t in zip(flash[:-1], flash[1:]) if t - p > 0.1]
-        a = np.abs(w.audio.numpy())
-        loud = np.flatnonzero(a > 0.3)
-        beep_on = [loud[0]] + [j for i, j in zip(loud[:-1], loud[1:]) if j - i > 1600]
-        beep_t = w.audio_start + np.asarray(beep_on) / w.sample_rate
-        assert np.allclose(flash_on, flashes, atol=1 / 30 + 1e-6)
-        assert np.allclose(beep_t, EVENTS, atol=0.005)  # sound placed by its timestamps
+        _assert_flashes_and_beeps(read_av_window(out / "media" / name, 0.0, 5.0, fps=30.0), flashes)
     late = read_av_window(out / "media" / "A/A_20140302_1100_02.mp4", 0.0, 1.0)
     assert not late.audio_valid[:7000].any() or float(late.audio[:7000].abs().max()) < 1e-3  # padded, not shifted
 
@@ -311,15 +313,7 @@ def test_source_mode_reads_upright_and_aligned_through_the_data_layer(measured):
     assert not (frame[-8:, -8:, 0].mean() > 180 and frame[-8:, -8:, 1].mean() < 80)
     for name, flashes in (("S/S_20130417_0600_01", EVENTS), ("A/A_20140302_1100_02", EVENTS)):
         r = next(r for r in read_manifest(out / "manifest.csv") if r.meta["recording"] == name)
-        w = read_av_window(r.path, 0.0, 5.0, fps=30.0, orient=r.meta["orient"])
-        f = w.frames.numpy().astype(np.float32)
-        flash = w.frame_times.numpy()[f[:, 16:, 12:].mean(axis=(1, 2, 3)) > 200]
-        flash_on = [flash[0]] + [t for p, t in zip(flash[:-1], flash[1:]) if t - p > 0.1]
-        a = np.abs(w.audio.numpy())
-        loud = np.flatnonzero(a > 0.3)
-        beep_on = [loud[0]] + [j for i, j in zip(loud[:-1], loud[1:]) if j - i > 1600]
-        assert np.allclose(flash_on, flashes, atol=1 / 30 + 1e-6)
-        assert np.allclose(w.audio_start + np.asarray(beep_on) / w.sample_rate, EVENTS, atol=0.005)
+        _assert_flashes_and_beeps(read_av_window(r.path, 0.0, 5.0, fps=30.0, orient=r.meta["orient"]), flashes)
 
 
 def test_source_mode_rerun_skips_and_switching_modes_redoes(measured, tmp_path):
