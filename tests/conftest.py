@@ -32,3 +32,15 @@ def av_file(media_dir: Path) -> Callable[..., MediaTruth]:
         return cache[key]
 
     return make
+
+
+@pytest.fixture
+def one_thread():
+    """One intra-op torch thread for tests of tiny models (``pytestmark = pytest.mark.usefixtures("one_thread")``):
+    on the shared 2-core machine a second thread only adds contention (it made test_models ~30x slower)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

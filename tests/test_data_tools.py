@@ -359,4 +359,6 @@ def test_source_mode_bad_settings_fail_before_any_work(tmp_path):
         run_prep(prep_cfg(src, tmp_path / "o", "normalise.enabled=maybe"), echo=lambda s: None)
     with pytest.raises(ValueError, match="multiple of 90"):
         run_prep(prep_cfg(src, tmp_path / "o", "normalise.enabled=false", "normalise.rotate=45"), echo=lambda s: None)
+    with pytest.raises(ValueError, match="multiple of 90"):  # a config error, not a bad file per recording
+        run_prep(prep_cfg(src, tmp_path / "o", "normalise.rotate=upside"), echo=lambda s: None)
     assert not (tmp_path / "o").exists()

@@ -17,13 +17,7 @@ from avssl.evaluation.metrics import (
 )
 from avssl.evaluation.probes import evaluate_probes, knn_classify, linear_probe
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():  # noqa: ANN202 - tiny tensors: intra-op threads only add contention on a shared machine
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_offset_grid_default_is_synchformer_21_classes() -> None:

@@ -16,13 +16,7 @@ import torch
 import avssl
 from avssl import export as ex
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():  # noqa: ANN202 - tiny tensors: intra-op threads only add contention on a shared machine
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 PRE: dict[str, Any] = {  # laid out as avssl.lit.datamodule.preprocessing_from_data writes it

@@ -3,6 +3,7 @@ extraction writes timestamps and skips finished files, avssl-eval composes and r
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -16,12 +17,7 @@ from avssl import export as ex
 pytest.importorskip("av")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():  # noqa: ANN202 - tiny tensors: intra-op threads only add contention on a shared machine
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -214,3 +210,48 @@ def test_sources_labels_csv_and_caps(media: Path, tmp_path: Path) -> None:
         apply_labels_csv(items, tmp_path / "bad.csv")
     with pytest.raises(ValueError, match="data.source"):
         resolve_items("s3")
+
+
+def test_manifest_orient_reaches_every_evaluation_read(media: Path, bundle: Path, tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """A manifest's ``orient`` column (avssl-prep normalise.enabled=false) is passed to every read of avssl-eval's
+    tasks and of avssl-extract; rows of one file that disagree on it are refused."""
+    from avssl.data.manifest import read_manifest, write_manifest
+    from avssl.evaluation import run as ev
+    from avssl.evaluation.embed import EncoderPair
+    from avssl.evaluation.extract import extract
+    from avssl.evaluation.sources import items_from_manifest
+
+    rows = list(read_manifest(media))[:2]
+    for r in rows:
+        r.meta["orient"] = "180"
+    write_manifest(tmp_path / "m.csv", rows)
+    seen: list[str | None] = []
+    real_read = EncoderPair.read
+
+    def spy(self: EncoderPair, path: str, start: float, duration: float, orient: str | None = None):  # noqa: ANN202
+        seen.append(orient)
+        return real_read(self, path, start, duration, orient)
+
+    monkeypatch.setattr(EncoderPair, "read", spy)
+    pair = EncoderPair.load(bundle)
+    items = items_from_manifest(tmp_path / "m.csv")
+    assert [it.orient for it in items] == ["180", "180"]
+    reads = {}
+    for name, call in (
+        ("offsets", lambda: ev.evaluate_offsets(pair, items, min_offset=-0.5, max_offset=0.5, step=0.5,
+                                                progress=False)),
+        ("retrieval", lambda: ev.evaluate_retrieval(pair, items, progress=False)),
+        ("clip features", lambda: ev.item_embeddings(pair, items, progress=False)),
+        ("finetune inputs", lambda: ev._segment_inputs(pair, items[0], "video", 2)),
+        ("extract", lambda: extract(bundle, tmp_path / "m.csv", tmp_path / "out", progress=False)),
+    ):
+        seen.clear()
+        call()
+        reads[name] = sorted(set(seen), key=str)
+    assert reads == {name: ["180"] for name in reads}
+
+    bad = [rows[0], dataclasses.replace(rows[0], start=rows[0].start + 0.5, meta={**rows[0].meta, "orient": ""})]
+    write_manifest(tmp_path / "bad.csv", bad)
+    with pytest.raises(ValueError, match="disagree on the orient column"):
+        extract(bundle, tmp_path / "bad.csv", tmp_path / "out2", progress=False)

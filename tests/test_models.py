@@ -46,13 +46,7 @@ SHALLOW = {n: dict(depth=2) for n in ALL if n.startswith("vit_") and n.endswith(
 SHALLOW.update({n: dict(layers=(1, 1, 1, 1)) for n in ALL if n.endswith("_18")})
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: on a shared, oversubscribed CPU two threads made these tests ~30x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def build(name: str, seed: int = 0, shallow: bool = True, **kwargs: object) -> Encoder:

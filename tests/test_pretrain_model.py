@@ -16,13 +16,7 @@ from avssl.models.vit import AudioViT, VideoViT
 B, S = 2, 2
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models run fastest single-threaded on the shared 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 TINY_DECODER = {"decoder_dim": 32, "decoder_depth": 1, "decoder_heads": 2}
 

@@ -184,7 +184,7 @@ def encode_segment(reader: MediaReader, job: SegmentJob, cfg: ShardWriteConfig) 
         "width": out_w, "height": out_h, "has_audio": has_audio,
         "video_valid_fraction": float(fvalid.mean()) if len(fvalid) else 0.0,
         "audio_valid_fraction": float(avalid.mean()) if len(avalid) else 0.0,
-        "meta": {k: v for k, v in job.meta.items() if k != ORIENT_COLUMN}, "orient_applied": str(fix),
+        "meta": {k: val for k, val in job.meta.items() if k != ORIENT_COLUMN}, "orient_applied": str(fix),
     }
     return buf.getvalue(), meta
 

@@ -226,11 +226,13 @@ def normalise_recording(src: str | os.PathLike[str], dst: str | os.PathLike[str]
                         opts: NormaliseOptions, progress: Any | None = None, *, encode: bool = True) -> NormaliseResult:
     """Transcode ``src`` into ``dst`` (MP4) and its statistics into ``dst`` + ``.stats.npz``; returns the facts.
 
-    With ``encode=False`` nothing is encoded and ``dst`` itself is not written: the same decode pass only measures
-    the statistics (on the same output frame and sample grid) and the facts, for ``normalise.enabled=false``,
-    where the manifest points at the source files. ``info`` is the probe of ``src``. The output starts at the source's file-clock origin; video frame ``k`` shows
+    ``info`` is the probe of ``src``. The output starts at the source's file-clock origin; video frame ``k`` shows
     the latest source frame with pts <= k / fps; audio sample ``j`` is the source audio at j / sample_rate (padding
     where the source has none, recorded in ``no_audio``). Both outputs are written atomically.
+
+    With ``encode=False`` nothing is encoded and ``dst`` itself is not written: the same decode pass only measures
+    the statistics (on the same output frame and sample grid) and the facts, for ``normalise.enabled=false``,
+    where the manifest points at the source files.
     """
     t0 = time.perf_counter()
     src, dst = os.fspath(src), Path(dst)

@@ -178,12 +178,14 @@ def source_orientation(stream_rotation: int, opts: NormaliseOptions) -> Orientat
     the stream's own), then the flips. So the extra rotation is the configured one minus the stream's.
     """
     if str(opts.rotate) == "auto":
-        rot = 0
-    else:
-        if int(opts.rotate) % 90:
-            raise ValueError(f"normalise.rotate must be auto or a multiple of 90 degrees, got {opts.rotate!r}")
-        rot = (int(opts.rotate) - int(stream_rotation)) % 360
-    return Orientation(rot, bool(opts.hflip), bool(opts.vflip))
+        return Orientation(0, bool(opts.hflip), bool(opts.vflip))
+    try:
+        deg = int(opts.rotate)
+    except (TypeError, ValueError):
+        deg = 1  # not a number: refused below
+    if deg % 90:
+        raise ValueError(f"normalise.rotate must be auto or a multiple of 90 degrees, got {opts.rotate!r}")
+    return Orientation((deg - int(stream_rotation)) % 360, bool(opts.hflip), bool(opts.vflip))
 
 
 @contextmanager
@@ -202,8 +204,7 @@ def run_prep(cfg: dict[str, Any], echo: Callable[[str], Any] = print) -> PrepRes
     si, sn = parse_shard(cfg.get("shard"))
     merge_only = bool(cfg.get("merge", False))
     encode = normalise_enabled(cfg)
-    if not encode:
-        source_orientation(0, _norm_options(cfg))  # a bad rotate fails before any work
+    source_orientation(0, _norm_options(cfg))  # a bad rotate fails here, not as a bad file per recording
 
     # 1. discover
     rels = discover(src, ds.get("extensions"), ds.get("exclude") or ())
@@ -290,17 +291,14 @@ def _normalised_columns(media: Path, root: Path, facts: dict[str, Any]) -> dict[
                 codec_video="h264", codec_audio="aac" if has_a else None)
 
 
-def _source_columns(path: Path, root: Path, info: Any, facts: dict[str, Any],
-                    opts: NormaliseOptions) -> dict[str, Any]:
-    """Manifest media columns of an untouched source file (as ``docs/manifest.md`` defines them: stored size, the
-    stream's rotation), plus its read-time correction (``orient``)."""
+def _source_columns(path: Path, root: Path, info: Any, facts: dict[str, Any]) -> dict[str, Any]:
+    """Manifest media columns of an untouched source file, as ``docs/manifest.md`` defines them (stored size, the
+    stream's rotation)."""
     v, au = info.video, info.audio
-    fix = source_orientation(v.rotation, opts)
     a = au if (au is not None and facts["has_source_audio"]) else None
     return {"path": os.path.relpath(path, root), "fps": v.avg_fps, "width": v.width, "height": v.height,
             "sample_rate": a.sample_rate if a else None, "channels": a.channels if a else None,
-            "rotation": v.rotation, "codec_video": v.codec, "codec_audio": a.codec if a else None,
-            ORIENT_COLUMN: str(fix)}
+            "rotation": v.rotation, "codec_video": v.codec, "codec_audio": a.codec if a else None}
 
 
 def _finalise(cfg: dict[str, Any], src: Path, out: Path, rels: list[str], clashes: dict[str, str],
@@ -349,9 +347,9 @@ def _finalise(cfg: dict[str, Any], src: Path, out: Path, rels: list[str], clashe
         if encode:
             media_cols = _normalised_columns(media, manifest_path.parent, facts)
         else:  # rows over the untouched source file, corrected when read (normalise.enabled=false)
-            assert p.info is not None
-            media_cols = _source_columns(src / rel, manifest_path.parent, p.info, facts, opts)
-            meta[ORIENT_COLUMN] = media_cols.pop(ORIENT_COLUMN)
+            assert p.info is not None and p.info.video is not None
+            media_cols = _source_columns(src / rel, manifest_path.parent, p.info, facts)
+            meta[ORIENT_COLUMN] = str(source_orientation(p.info.video.rotation, opts))
         split = assign_split(meta["session_id"], sp["fractions"], sp.get("seed", 0), meta.get(ds.get("child_field") or "child"),
                              sp.get("heldout_children") or (), sp.get("heldout_split", "test"))
         utts = transcripts.get(Path(rel).stem, [])
@@ -368,7 +366,8 @@ def _finalise(cfg: dict[str, Any], src: Path, out: Path, rels: list[str], clashe
                 has_video=True, flags={f: bool(flags.get(f, False)) for f in FLAGS},
                 exclude=any(flags.get(f, False) for f in exclude_on), meta=row_meta, **media_cols))
     if missing:
-        raise RuntimeError(f"{len(missing)} recording(s) have not been normalised with the current settings "
+        done = "normalised" if encode else "measured"
+        raise RuntimeError(f"{len(missing)} recording(s) have not been {done} with the current settings "
                            f"(e.g. {missing[:3]}); run the shard jobs (or a run without shard=) first")
     _fault(cfg, "segment")
     extra = ["child", "recording_date", "age_days"] + (["utterances"] if transcripts else []) + (
