@@ -34,6 +34,20 @@ def av_file(media_dir: Path) -> Callable[..., MediaTruth]:
     return make
 
 
+def console_script(name: str) -> str:
+    """The INSTALLED console script ``name`` (beside this interpreter), as users run it: never ``python -m``.
+    Missing means the package is not installed: run the suite with the README's ``bash scripts/test.sh``."""
+    import shutil
+
+    exe = Path(sys.executable).parent / name
+    if exe.is_file():
+        return str(exe)
+    found = shutil.which(name)
+    if found is None:
+        pytest.fail(f"console script {name!r} is not installed (pip install avssl, or bash scripts/test.sh)")
+    return found
+
+
 @pytest.fixture
 def one_thread():
     """One intra-op torch thread for tests of tiny models (``pytestmark = pytest.mark.usefixtures("one_thread")``):

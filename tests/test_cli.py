@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 import zipfile
 from pathlib import Path
 
 import pytest
+from conftest import console_script
 
 REPO = Path(__file__).resolve().parents[1]
 FAST = ["debug=[tiny,fast_dev_run]", "data.num_workers=0", "data.persistent_workers=false"]
@@ -24,9 +24,7 @@ def _env(cache: Path) -> dict[str, str]:
 
 
 def _train_cmd() -> list[str]:
-    exe = shutil.which("avssl-train")
-    # the console script when installed, else the module (source checkout on PYTHONPATH)
-    return [exe] if exe else [sys.executable, "-m", "avssl.cli.train"]
+    return [console_script("avssl-train")]  # the installed executable, as users run it
 
 
 def _run(args: list[str], cwd: Path, cache: Path, timeout: int = 300) -> subprocess.CompletedProcess[str]:

@@ -18,9 +18,9 @@ from avssl.data_tools.cli import compose_prep_config
 from avssl.data_tools.util import file_sha256
 
 sys.path.insert(0, str(Path(__file__).parent))
+from conftest import console_script  # noqa: E402
 from fake_saycam import EVENTS, FAKE_FILES, FakeFile, make_fake_saycam  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
 SEG = 2.5  # 75 frames at 30 fps, 40000 samples at 16 kHz
 
 
@@ -175,11 +175,10 @@ def test_resume_after_fault_equals_uninterrupted(small_tree, tmp_path, stage):
 def test_kill_mid_transcode_then_resume(small_tree, tmp_path):
     root, ref_state = small_tree
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "avssl.data_tools.cli", f"src={root / 'media'}", f"out={out}", "dataset=saycam",
+    cmd = [console_script("avssl-prep"), f"src={root / 'media'}", f"out={out}", "dataset=saycam",
            f"segment.length_s={SEG}", "segment.min_length_s=2.0", "normalise.short_side=32", "workers=1",
            "progress=false", "split.heldout_children=[Y]", "fault.sleep_per_frame_s=0.03"]
-    proc = subprocess.Popen(cmd, cwd=REPO, env={**__import__("os").environ, "PYTHONPATH": str(REPO)},
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         import time
 
@@ -221,10 +220,9 @@ def test_merge_before_shards_done_fails_clearly(small_tree, tmp_path):
 def test_cli_dry_run_lists_and_writes_nothing(small_tree, tmp_path):
     root, _ = small_tree
     out = tmp_path / "out"
-    r = subprocess.run([sys.executable, "-m", "avssl.data_tools.cli", f"src={root / 'media'}", f"out={out}",
+    r = subprocess.run([console_script("avssl-prep"), f"src={root / 'media'}", f"out={out}",
                         "dataset=saycam", "dry_run=true", "hydra.run.dir=" + str(tmp_path / "h")],
-                       cwd=REPO, env={**__import__("os").environ, "PYTHONPATH": str(REPO)},
-                       capture_output=True, text=True, timeout=120)
+                       cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert "3 media files" in r.stdout and "A/A_20140302_1100_02.mp4 -> media/A/A_20140302_1100_02.mp4 (to do)" in r.stdout
     assert not out.exists()

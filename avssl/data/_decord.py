@@ -36,6 +36,12 @@ def _packet_times(path: str, info: MediaInfo) -> np.ndarray | None:
         container.close()
 
 
+# decord2 3.4 hands out 4-byte pixels for some frame widths on some CPUs (seen: 96 px wide H.264 on AMD Zen 5;
+# 64, 100, 112, 128 ... 640 px were fine), and its copy into an RGB array then fails. Refused, naming the cause.
+_ROW_PADDING_BUG = ("decord2 cannot decode this {w}x{h} stream on this machine (its frame buffer has another size "
+                    "than {w}x{h}x3: a decord2 bug for some frame widths); use backend='pyav'")
+
+
 class DecordVideo:
     """A decord VideoReader with its frame times (file clock) and output size."""
 
@@ -52,7 +58,9 @@ class DecordVideo:
         if vinfo is None:
             raise MissingStreamError(path, "no video stream")
         self.size = size
+        self.path = path
         w0, h0 = vinfo.width or 0, vinfo.height or 0
+        self.src_wh = (w0, h0)
         # decord rotates by itself; its width/height are the displayed (rotated) size
         _, _, out_w, out_h = _pyav.output_size(w0, h0, vinfo.rotation, size)
         self.out_hw = (out_h, out_w)
@@ -78,7 +86,17 @@ class DecordVideo:
 
     def get(self, indices: list[int]) -> np.ndarray:
         """uint8 [N, H, W, 3] frames at the given indices (presentation order)."""
-        batch = self.reader.get_batch(indices).asnumpy()
+        import decord
+
+        try:
+            batch = self.reader.get_batch(indices).asnumpy()
+        except decord.DECORDError as e:
+            if "must exactly match" not in str(e):
+                raise
+            raise DecodeError(self.path, _ROW_PADDING_BUG.format(w=self.src_wh[0], h=self.src_wh[1])) from None
+        if batch.ndim != 4 or batch.shape[-1] != 3:
+            raise DecodeError(self.path, f"decord returned frames of shape {tuple(batch.shape)}, not RGB; "
+                              "use backend='pyav'")
         if self._resize_here and batch.shape[1:3] != self.out_hw:
             x = torch.from_numpy(batch).permute(0, 3, 1, 2).float()
             x = torch.nn.functional.interpolate(x, size=self.out_hw, mode="bilinear", align_corners=False)

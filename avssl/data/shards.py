@@ -49,6 +49,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from avssl.data.atomic import write_json_atomic
 from avssl.data.datasets import AVClipDataset
+from avssl.data.encoding import add_h264_stream
 from avssl.data.errors import MediaError
 from avssl.data.features import FbankConfig
 from avssl.data.manifest import ManifestRow, read_manifest
@@ -151,10 +152,7 @@ def encode_segment(reader: MediaReader, job: SegmentJob, cfg: ShardWriteConfig) 
     buf = io.BytesIO()
     fps = Fraction(cfg.fps).limit_denominator(1001)
     with av.open(buf, mode="w", format="mp4") as c:
-        vs = c.add_stream("libx264", rate=fps, options={"preset": "veryfast", "crf": str(cfg.crf), "threads": "1"})
-        vs.width, vs.height, vs.pix_fmt = out_w, out_h, "yuv420p"
-        vs.codec_context.gop_size = cfg.gop
-        vs.time_base = 1 / fps
+        vs = add_h264_stream(c, fps=fps, width=out_w, height=out_h, gop=cfg.gop, crf=cfg.crf)
         aus = None
         if has_audio:
             aus = c.add_stream("aac", rate=cfg.sample_rate, layout="mono")

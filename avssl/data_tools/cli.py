@@ -34,7 +34,9 @@ def compose_prep_config(overrides: Sequence[str] = ()) -> dict[str, Any]:
         return config_to_dict(compose(config_name="prep", overrides=list(overrides)))
 
 
-@hydra.main(version_base="1.3", config_path="../conf/prep", config_name="prep")
+# An absolute folder, not a path relative to this module: Hydra turns a relative ``config_path`` of an installed
+# module into the Python package ``avssl.conf.prep`` (which has no __init__.py), so the console script failed.
+@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="prep")
 def main(cfg: DictConfig) -> PrepResult:
     return run_prep(config_to_dict(cfg), echo=log.info if not cfg.dry_run else print)
 

@@ -3,7 +3,8 @@ placed by its timestamps, both streams starting at time 0 of the source's file c
 
 Output: an MP4 (H.264 + AAC) written under a temporary name and renamed, plus per-frame and per-10-ms statistics
 (``*.stats.npz``) that the quality flags are computed from, so no second decoding pass is needed.
-Encoding is deterministic: fixed x264 options, one encoder thread, bit-exact muxing, no timestamps in metadata.
+Encoding is deterministic (``avssl.data.encoding``): fixed x264 options, one encoder thread, bit-exact muxing, no
+timestamps in metadata.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any
 import av
 import numpy as np
 
+from avssl.data.encoding import add_h264_stream
 from avssl.data.errors import DecodeError, MissingStreamError
 from avssl.data.types import MediaInfo
 
@@ -265,17 +267,8 @@ def normalise_recording(src: str | os.PathLike[str], dst: str | os.PathLike[str]
                       options={"fflags": "+bitexact"}) if encode else None
         try:
             gop = max(1, int(round(float(opts.gop_s) * float(fps))))
-            vout = out.add_stream("libx264", rate=fps) if out is not None else None
-            if vout is not None:
-                vout.width, vout.height, vout.pix_fmt = out_w, out_h, "yuv420p"
-                vout.time_base = 1 / fps
-                vout.codec_context.thread_count = 1
-                vout.codec_context.gop_size = gop
-                vout.codec_context.flags |= av.codec.context.Flags.bitexact
-                vout.codec_context.options = {
-                    "preset": opts.preset, "crf": str(opts.crf),
-                    "x264-params": f"keyint={gop}:min-keyint={gop}:scenecut=0:threads=1:lookahead-threads=1",
-                }
+            vout = (add_h264_stream(out, fps=fps, width=out_w, height=out_h, gop=gop, preset=opts.preset,
+                                    crf=opts.crf) if out is not None else None)
             aout = None
             if ain is not None and out is not None:
                 aout = out.add_stream("aac", rate=sr, layout="mono")

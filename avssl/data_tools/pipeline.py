@@ -31,7 +31,7 @@ from avssl.data_tools.util import atomic_write_text
 log = logging.getLogger(__name__)
 
 STAGES: tuple[str, ...] = ("discover", "probe", "normalise", "segment", "manifest", "report")
-PIPELINE_VERSION = 2  # 2: normaliser works in YUV (statistics v2); outputs of v1 are redone
+PIPELINE_VERSION = 3  # 2: normaliser works in YUV (statistics v2); 3: deterministic x264 (mbtree=0). Older outputs are redone
 
 
 class InjectedFault(RuntimeError):
