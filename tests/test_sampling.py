@@ -106,3 +106,31 @@ def test_uniform_clip_starts_grid() -> None:
         uniform_clip_starts(0.0, 0.5, spec)
     with pytest.raises(ValueError, match="hop"):
         uniform_clip_starts(0.0, 5.0, spec, hop=0.0)
+
+
+PINNED_INDEX_5 = 0.9561562797909969  # hash_uniform("clip", 7, 3, 5) before keys were normalised
+
+
+def test_hash_uniform_normalises_key_types() -> None:
+    """A numpy or torch index gives the same draw as the Python int it holds (DataLoader samplers, np.arange and
+    torch.randperm all hand out such scalars); plain Python keys keep today's values."""
+    import numpy as np
+    import torch
+
+    plain = hash_uniform("clip", 7, 3, 5)
+    assert plain == PINNED_INDEX_5  # unchanged for Python ints
+    for index in (np.int64(5), np.int32(5), np.uint8(5), torch.tensor(5), torch.tensor([5]), np.array(5)):
+        assert hash_uniform("clip", 7, 3, index) == plain, type(index)
+    assert hash_uniform(np.str_("clip"), np.int64(7), torch.tensor(3, dtype=torch.int32), 5) == plain
+    # floats hash as Python floats whatever their type; an integral float is still a float, not an int
+    assert hash_uniform("t", np.float64(0.25)) == hash_uniform("t", torch.tensor(0.25)) == hash_uniform("t", 0.25)
+    assert hash_uniform("t", np.float32(0.5)) == hash_uniform("t", 0.5)
+    assert hash_uniform("t", 2.0) != hash_uniform("t", 2)
+    assert hash_uniform("b", np.bool_(True)) == hash_uniform("b", True)
+    # the clip starts themselves agree
+    spec = ClipSpec()
+    assert clip_start(0.0, 10.0, spec, seed=1, index=np.int64(4)) == clip_start(0.0, 10.0, spec, seed=1, index=4)
+    with pytest.raises(TypeError, match="one value"):
+        hash_uniform("clip", torch.arange(3))
+    with pytest.raises(TypeError, match="key"):
+        hash_uniform("clip", object())

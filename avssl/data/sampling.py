@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import numbers
 import struct
 from dataclasses import dataclass
 from typing import Literal
@@ -60,9 +61,39 @@ class ClipSpec:
         return self.num_segments * self.segment_duration + (self.num_segments - 1) * self.segment_gap
 
 
+def _key_part(x: object) -> object:
+    """One key element as a plain Python value, so that a draw depends on the value, not on its type:
+    integral numpy/torch scalars -> int, floating ones -> float, numpy strings -> str (one-element arrays and
+    tensors count as scalars). Python ``int``/``float``/``str``/``bool``/``None`` pass unchanged."""
+    if x is None or type(x) in (bool, int, float, str):
+        return x
+    if isinstance(x, (tuple, list)):
+        parts = [_key_part(e) for e in x]
+        return parts if isinstance(x, list) else tuple(parts)
+    if isinstance(x, numbers.Integral):  # numpy integers, int subclasses
+        return int(x)
+    if isinstance(x, numbers.Real):  # numpy floats (np.float64 subclasses float, its repr differs)
+        return float(x)
+    if isinstance(x, str):  # np.str_
+        return str(x)
+    item = getattr(x, "item", None)
+    if callable(item) and hasattr(x, "dtype"):  # numpy arrays and scalars (np.bool_), torch tensors
+        numel = x.numel() if hasattr(x, "numel") else getattr(x, "size", None)
+        if numel != 1:
+            raise TypeError(f"hash_uniform: a key element must hold one value, got {type(x).__name__} of "
+                            f"{numel} elements")
+        return _key_part(item())
+    raise TypeError(f"hash_uniform: key elements must be ints, floats, strings, bools or None (or numpy/torch "
+                    f"scalars of them), got {type(x).__name__}")
+
+
 def hash_uniform(*key: object) -> float:
-    """A float in [0, 1) that depends only on ``key`` (BLAKE2b of its repr; stable across processes and runs)."""
-    digest = hashlib.blake2b(repr(key).encode("utf-8"), digest_size=8).digest()
+    """A float in [0, 1) that depends only on ``key`` (BLAKE2b of its repr; stable across processes and runs).
+
+    Key elements are normalised to plain Python values first (``np.int64(5)`` and ``torch.tensor(5)`` give the
+    draw of ``5``; ``np.float32(0.5)`` that of ``0.5``), so the result depends on values, not on their types.
+    """
+    digest = hashlib.blake2b(repr(tuple(_key_part(k) for k in key)).encode("utf-8"), digest_size=8).digest()
     (value,) = struct.unpack("<Q", digest)
     return (value >> 11) * 2.0**-53
 
