@@ -10,11 +10,9 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -23,16 +21,16 @@ from torch.utils.data import Dataset
 
 from avssl.data.atomic import write_json_atomic
 from avssl.data.errors import MediaError
-from avssl.data.features import FbankConfig, log_mel, normalize, valid_frames
+from avssl.data.features import FbankConfig
 from avssl.data.manifest import Manifest, ManifestRow, read_manifest
 from avssl.data.media import MediaReader, probe
 from avssl.data.orient import row_orient
+from avssl.data.preprocess import PreprocessSpec, SegmentCut, audio_window, cut_audio, cut_video
 from avssl.data.sampling import (
     ClipSpec,
     audio_offsets,
     clip_start,
     hash_uniform,
-    segment_starts,
     uniform_clip_starts,
 )
 from avssl.data.transforms import SpecAugment, VideoTransform
@@ -56,47 +54,6 @@ def _as_rows(source: str | os.PathLike[str] | Manifest | Iterable[ManifestRow]) 
     if isinstance(source, (str, os.PathLike)):
         return list(read_manifest(source))
     return list(source)
-
-
-@dataclass
-class SegmentCut:
-    """Raw segments cut from one window: frames uint8 [S, T, H, W, 3], frames_valid bool [S, T],
-    audio float32 [S, N], audio_valid bool [S, N]."""
-
-    frames: torch.Tensor
-    frames_valid: torch.Tensor
-    audio: torch.Tensor
-    audio_valid: torch.Tensor
-
-
-def cut_segments(win: AVWindow, video_starts: Sequence[float], audio_starts: Sequence[float],
-                 segment_duration: float, frames_per_segment: int) -> SegmentCut:
-    """Cut S segments out of one decoded window by time.
-
-    Video segment ``i`` takes the ``frames_per_segment`` frames from the first one whose time is at or after
-    ``video_starts[i]`` (frames missing at the end are repeated and marked invalid). Audio segment ``i`` takes
-    ``round(segment_duration * sr)`` samples from sample ``round((audio_starts[i] - win.audio_start) * sr)`` of
-    the window's grid; parts outside the window are zero and invalid.
-    """
-    ft = win.frame_times.to(torch.float64)
-    if ft.numel() == 0:
-        raise MediaError(win.path, f"no video frames in window [{win.start:.3f}, {win.start + win.duration:.3f}) s")
-    first = torch.searchsorted(ft, torch.tensor(list(video_starts), dtype=torch.float64) - 1e-6)
-    sel = first[:, None] + torch.arange(frames_per_segment)[None, :]  # [S, T]
-    in_range = sel < ft.numel()
-    sel = sel.clamp(max=ft.numel() - 1)
-    sr = win.sample_rate
-    n = round(segment_duration * sr)
-    audio = win.audio if win.audio.dim() == 1 else win.audio.mean(0)
-    wave = torch.zeros(len(audio_starts), n, dtype=torch.float32)
-    mask = torch.zeros(len(audio_starts), n, dtype=torch.bool)
-    for i, t in enumerate(audio_starts):
-        a0 = round((t - win.audio_start) * sr)
-        lo, hi = max(a0, 0), min(a0 + n, audio.shape[-1])
-        if hi > lo:
-            wave[i, lo - a0 : hi - a0] = audio[lo:hi]
-            mask[i, lo - a0 : hi - a0] = win.audio_valid[lo:hi]
-    return SegmentCut(win.frames[sel], win.frames_valid[sel] & in_range, wave, mask)
 
 
 class AVClipDataset(Dataset[dict[str, Any]]):
@@ -156,6 +113,10 @@ class AVClipDataset(Dataset[dict[str, Any]]):
         self._class_index = {c: i for i, c in enumerate(self.classes)}
         selected = Manifest(all_rows).filter(split) if split is not None else [r for r in all_rows if not r.exclude]
         self.clip, self.fps, self.frame_size, self.sample_rate = clip, float(fps), frame_size, sample_rate
+        # the one preprocessing path (avssl.data.preprocess): the rule every consumer cuts segments by
+        self.spec = PreprocessSpec(segment_duration=clip.segment_duration, fps=float(fps),
+                                   frame_size=(frame_size, frame_size), sample_rate=sample_rate, fbank=self.fbank,
+                                   segment_gap=clip.segment_gap, num_segments=clip.num_segments)
         self.mode: Mode = mode
         self.clips_per_row, self.seed, self.epoch = clips_per_row, seed, 0
         self.label_column, self.allow_missing_audio = label_column, allow_missing_audio
@@ -213,7 +174,7 @@ class AVClipDataset(Dataset[dict[str, Any]]):
         row = self.rows[row_i]
         start = fixed if fixed is not None else clip_start(
             row.start, row.end, self.clip, "random", seed=self.seed, epoch=self.epoch, index=index)
-        video = segment_starts(start, self.clip)
+        video = self.spec.segment_starts(start)
         if self.mode == "random":
             offs = audio_offsets(self.clip, seed=self.seed, epoch=self.epoch, index=index)
         else:
@@ -271,22 +232,20 @@ class AVClipDataset(Dataset[dict[str, Any]]):
         state["_readers"] = OrderedDict()
         return state
 
-    def read_clip(self, index: int) -> tuple[SegmentCut, list[float], list[float]]:
-        """Decode item ``index`` (one window) and cut its raw segments; also returns video and audio starts.
-        Raises ``MediaError`` for a broken file (no skipping here)."""
+    def read_window(self, index: int) -> tuple[AVWindow, list[float], list[float]]:
+        """Decode the one window item ``index`` needs; also returns its video and audio segment starts.
+
+        The window starts on the file's sample grid and holds exactly the frames on screen at the segments'
+        frame instants (``PreprocessSpec.frame_targets``), so nothing decoded is converted in vain. Raises
+        ``MediaError`` for a broken file (no skipping here)."""
         row_index = self._items[index][0]
         row = self.rows[row_index]
         v_starts, a_starts = self.clip_times(index)
-        dur, fps, sr = self.clip.segment_duration, self.fps, self.sample_rate
-        t_frames = max(1, round(dur * fps))
-        # window start: the clip start minus a whole number of frame periods covering the audio jitter
-        margin = math.ceil(max(0.0, v_starts[0] - min(a_starts)) * fps - 1e-9) / fps
-        margin = min(margin, math.floor(v_starts[0] * fps + 1e-9) / fps)
-        w0 = v_starts[0] - margin
-        w1 = max(v_starts[-1] + dur, max(a_starts) + dur)
+        w0, wdur = audio_window(self.spec, v_starts, a_starts)
         reader = self._reader(row.path)
         try:
-            win = reader.read(w0, w1 - w0, fps=fps, sample_rate=sr, mono=True, size=self.decode_size,
+            win = reader.read(w0, wdur, frame_times=self.spec.frame_targets(v_starts).reshape(-1),
+                              sample_rate=self.sample_rate, mono=True, size=self.decode_size,
                               allow_missing_audio=self.allow_missing_audio, orient=self._orient[row_index])
         except MediaError:
             self._readers.pop(row.path, None)
@@ -294,7 +253,15 @@ class AVClipDataset(Dataset[dict[str, Any]]):
             raise
         if self.max_open_files == 0:
             reader.close()
-        return cut_segments(win, v_starts, a_starts, dur, t_frames), v_starts, a_starts
+        return win, v_starts, a_starts
+
+    def read_clip(self, index: int) -> tuple[SegmentCut, list[float], list[float]]:
+        """Decode item ``index`` and cut its raw segments (``avssl.data.preprocess``); also returns the video and
+        audio segment starts. Raises ``MediaError`` for a broken file (no skipping here)."""
+        win, v_starts, a_starts = self.read_window(index)
+        frames, frames_valid = cut_video(self.spec, win.frames, win.frame_times, v_starts, valid=win.frames_valid)
+        wave, mask = cut_audio(self.spec, win.audio, win.audio_start, a_starts, valid=win.audio_valid)
+        return SegmentCut(frames, frames_valid, wave, mask), v_starts, a_starts
 
     def _load(self, index: int) -> dict[str, Any]:
         row = self.rows[self._items[index][0]]
@@ -304,10 +271,8 @@ class AVClipDataset(Dataset[dict[str, Any]]):
             video = self.video_transform(cut.frames, generator=gen)
         else:
             video = self.video_transform(cut.frames)
-        video_valid, wave, wmask = cut.frames_valid, cut.audio, cut.audio_valid
-        spec = normalize(log_mel(wave, self.fbank), self.fbank).unsqueeze(1)  # [S, 1, F, M]
-        audio_valid = valid_frames(wmask, self.fbank, min_fraction=0.5)
-        spec = spec * audio_valid[:, None, :, None]  # silence (0 after normalisation) where no real audio
+        video_valid = cut.frames_valid
+        spec, audio_valid = self.spec.audio_features(cut.audio, cut.audio_valid)  # [S, 1, F, M], [S, F]
         if isinstance(self.audio_transform, SpecAugment):
             spec = self.audio_transform(spec, generator=gen)
         elif self.audio_transform is not None:
@@ -418,10 +383,8 @@ def from_folder(root: str | os.PathLike[str], **kwargs: Any) -> FolderDataset:
 __all__ = [
     "AVClipDataset",
     "FolderDataset",
-    "SegmentCut",
     "TooManyBadFiles",
     "VIDEO_EXTENSIONS",
-    "cut_segments",
     "from_folder",
     "scan_folder",
 ]

@@ -43,21 +43,25 @@ def select_frames(
     at_stream_start: bool = True,
     at_stream_end: bool = False,
     frame_step: float = 0.04,
+    targets: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Which of the decoded frames (sorted ``times``) a window shows.
 
     Returns ``(index, frame_times, source_times, valid)``: with ``fps=None`` every frame with
     ``start <= t < start + duration``; otherwise for each target ``start + k / fps`` the latest frame with
     ``t <= target``, filled with the nearest frame (and marked invalid) before the stream's first frame or after
-    its last frame's display interval (known only when ``at_stream_end``).
+    its last frame's display interval (known only when ``at_stream_end``). Explicit ``targets`` (sorted instants)
+    replace the ``start + k / fps`` grid.
     """
     t = np.asarray(times, np.float64)
     end = start + duration
-    if fps is None:
+    if fps is None and targets is None:
         idx = np.flatnonzero((t >= start - _pyav._EPS) & (t < end - _pyav._EPS))
         return idx, t[idx], t[idx], np.ones(len(idx), bool)
-    n = int(round(duration * fps))
-    targets = start + np.arange(n, dtype=np.float64) / fps
+    if targets is None:
+        assert fps is not None
+        targets = start + np.arange(int(round(duration * fps)), dtype=np.float64) / fps
+    targets = np.asarray(targets, np.float64)
     if len(t) == 0:
         raise ValueError("no frames to select from")
     idx = np.searchsorted(t, targets + _pyav._EPS, side="right") - 1
@@ -164,9 +168,20 @@ class MediaReader:
         size: Size = None,
         allow_missing_audio: bool = False,
         orient: str | Orientation | None = None,
+        frame_times: Sequence[float] | np.ndarray | None = None,
     ) -> AVWindow:
         """Frames and audio of ``[start, start + duration)``; see ``read_av_window``."""
         start, duration = float(start), float(duration)
+        targets = None
+        if frame_times is not None:
+            if fps is not None:
+                raise ValueError("give fps= or frame_times=, not both")
+            targets = np.asarray(frame_times, np.float64).reshape(-1)
+            if targets.size == 0 or not np.isfinite(targets).all() or bool((np.diff(targets) < 0).any()):
+                raise InvalidWindow(self.path, "frame_times must be a non-empty, finite, non-decreasing sequence")
+            if targets[0] < start - 1e-9 or targets[-1] >= start + duration:
+                raise InvalidWindow(self.path, f"frame_times [{targets[0]:.4f}, {targets[-1]:.4f}] s lie outside "
+                                    f"the window [{start:.4f}, {start + duration:.4f}) s")
         if not (math.isfinite(start) and math.isfinite(duration)) or duration <= 0:
             raise InvalidWindow(self.path, f"bad window start={start} duration={duration}")
         if fps is not None and (not math.isfinite(fps) or fps <= 0 or round(duration * fps) < 1):
@@ -195,9 +210,9 @@ class MediaReader:
             )
         try:
             if self.backend == "pyav":
-                video = self._read_video_pyav(start, duration, fps, size)
+                video = self._read_video_pyav(start, duration, fps, size, targets)
             else:
-                video = self._read_video_decord(start, duration, fps, size)
+                video = self._read_video_decord(start, duration, fps, size, targets)
             audio, audio_valid = self._read_audio(start, duration, sample_rate, mono)
         except MediaError:
             raise
@@ -237,11 +252,13 @@ class MediaReader:
         at_start: bool,
         at_end: bool,
         step: float,
+        targets: np.ndarray | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        if fps is not None and not times:
+        if (fps is not None or targets is not None) and not times:
             raise DecodeError(self.path, f"no video frames could be decoded near {start:.3f} s")
         idx, ft, st, valid = select_frames(
-            times, start, duration, fps, at_stream_start=at_start, at_stream_end=at_end, frame_step=step
+            times, start, duration, fps, at_stream_start=at_start, at_stream_end=at_end, frame_step=step,
+            targets=targets,
         )
         uniq, inverse = np.unique(idx, return_inverse=True)
         if len(uniq):
@@ -256,16 +273,21 @@ class MediaReader:
             torch.from_numpy(valid),
         )
 
-    def _read_video_pyav(self, start: float, duration: float, fps: float | None, size: Size) -> tuple:
+    def _read_video_pyav(self, start: float, duration: float, fps: float | None, size: Size,
+                         targets: np.ndarray | None = None) -> tuple:
         container = self._open()
         info = self.info
         vinfo = info.video
         assert vinfo is not None
         stream = container.streams[vinfo.index]
         end = start + duration
-        stop = start + (round(duration * fps) - 1) / fps if fps is not None else end
+        if targets is not None:  # decode only the span the targets need
+            start, stop = float(targets[0]), float(targets[-1])
+        else:
+            stop = start + (round(duration * fps) - 1) / fps if fps is not None else end
         span = _pyav.decode_video_span(
-            self.path, container, stream, self._origin(), start, stop, keep_before=fps is not None
+            self.path, container, stream, self._origin(), start, stop,
+            keep_before=fps is not None or targets is not None,
         )
         rotation = vinfo.rotation
         if span.frames:
@@ -290,9 +312,11 @@ class MediaReader:
             span.at_stream_start,
             span.at_stream_end,
             span.frame_step,
+            targets,
         )
 
-    def _read_video_decord(self, start: float, duration: float, fps: float | None, size: Size) -> tuple:
+    def _read_video_decord(self, start: float, duration: float, fps: float | None, size: Size,
+                           targets: np.ndarray | None = None) -> tuple:
         from avssl.data import _decord
 
         info = self.info
@@ -301,7 +325,9 @@ class MediaReader:
         dv = self._decord
         end = start + duration
         times = dv.times
-        if fps is None:
+        if targets is not None:
+            start, end = float(targets[0]), float(targets[-1]) + 1e-6
+        if fps is None and targets is None:
             sel = [i for i, t in enumerate(times) if start - _pyav._EPS <= t < end - _pyav._EPS]
             local = [times[i] for i in sel]
             at_start, at_end = True, False
@@ -316,7 +342,7 @@ class MediaReader:
             return dv.get([sel[i] for i in indices])
 
         return self._assemble(
-            local, get_rgb, start, duration, fps, dv.out_hw, at_start, at_end, dv.frame_step
+            local, get_rgb, start, duration, fps, dv.out_hw, at_start, at_end, dv.frame_step, targets
         )
 
     def _read_audio(self, start: float, duration: float, sample_rate: int, mono: bool) -> tuple:
@@ -346,11 +372,14 @@ def read_av_window(
     backend: str = "pyav",
     allow_missing_audio: bool = False,
     orient: str | Orientation | None = None,
+    frame_times: Sequence[float] | np.ndarray | None = None,
 ) -> AVWindow:
     """Video frames and audio of ``[start, start + duration)`` seconds (file clock) of one file.
 
     - ``fps=None``: every frame whose pts lies in the window; else ``round(duration * fps)`` frames, each the one on
-      screen at ``start + k / fps`` (right for variable frame rate).
+      screen at ``start + k / fps`` (right for variable frame rate). ``frame_times`` (instead of ``fps``): the
+      frames on screen at these sorted instants inside the window (what ``avssl.data.preprocess`` asks for, so
+      that only the frames a model sees are converted).
     - ``size``: None keeps the decoded size; an int sets the short side (aspect kept); (H, W) is exact.
       The display rotation of the stream is applied, then ``orient`` (a fixed correction such as ``"180"``, see
       ``avssl.data.orient``; a given (H, W) is the size after it).
@@ -372,4 +401,5 @@ def read_av_window(
             size=size,
             allow_missing_audio=allow_missing_audio,
             orient=orient,
+            frame_times=frame_times,
         )
