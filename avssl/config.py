@@ -138,6 +138,7 @@ class SyncOptions:
     temperature_max: float = 0.5
     negatives: str = "all"  # all | cross_video | within_video
     curriculum_epochs: int = 0  # epochs of cross_video negatives before `negatives`
+    local_loss: bool = False  # DDP: each rank's rows against the gathered columns (open_clip); same gradients
 
 
 @dataclass

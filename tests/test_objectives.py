@@ -9,6 +9,7 @@ import socket
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from avssl.objectives import (
     CombinedLoss,
@@ -75,6 +76,56 @@ def test_negatives_masks_are_exact():
         negatives_mask(2, 2, "nope")
 
 
+def test_cross_video_excludes_other_clips_of_the_same_video():
+    t, f = True, False
+    ids = torch.tensor([7, 7, 3])  # clips 0 and 1 are two clips of one video
+    keep = negatives_mask(3, 2, "cross_video", video_ids=ids)
+    assert keep.tolist() == [
+        [t, f, f, f, t, t], [f, t, f, f, t, t], [f, f, t, f, t, t], [f, f, f, t, t, t],
+        [t, t, t, t, t, f], [t, t, t, t, f, t]]
+    assert torch.equal(negatives_mask(3, 2, "cross_video"), negatives_mask(3, 2, "cross_video",
+                                                                            video_ids=torch.arange(3)))
+    assert torch.equal(negatives_mask(3, 2, "within_video", video_ids=ids), negatives_mask(3, 2, "within_video"))
+    gen = torch.Generator().manual_seed(3)
+    a = F.normalize(torch.randn(3, 2, 4, generator=gen), dim=-1)
+    v = F.normalize(torch.randn(3, 2, 4, generator=gen), dim=-1)
+    loss, logs = sync_infonce(a, v, 0.2, "cross_video", video_ids=ids)
+    z = (a.reshape(6, 4) @ v.reshape(6, 4).t() / 0.2).masked_fill(~keep, float("-inf"))
+    target = torch.arange(6)
+    want = 0.5 * (F.cross_entropy(z, target) + F.cross_entropy(z.t(), target))
+    assert loss.item() == pytest.approx(want.item(), abs=1e-6)
+    assert loss.item() != pytest.approx(sync_infonce(a, v, 0.2, "cross_video")[0].item(), abs=1e-3)
+    assert logs["num_negatives"].item() == pytest.approx((2 + 2 + 2 + 2 + 4 + 4) / 6)  # per positive, averaged
+    with pytest.raises(ValueError, match="video_ids"):
+        sync_infonce(a, v, 0.2, "cross_video", video_ids=torch.tensor([0, 1]))
+
+
+@pytest.mark.parametrize("negatives", ["all", "cross_video", "within_video"])
+def test_local_loss_gradients_equal_full_loss(negatives: str):
+    """open_clip's local loss, two ranks simulated in one process: rank r computes only the rows of its clips
+    against the gathered columns. all_gather's backward sums every rank's gradient into the owner of each
+    embedding and DDP averages over ranks, so training follows (1/W) sum_r grad L_r: exactly the full loss's
+    gradient (and the mean of the ranks' losses is the full loss)."""
+    world, per = 2, 3
+    gen = torch.Generator().manual_seed(4)
+    a = F.normalize(torch.randn(world * per, 2, 8, generator=gen), dim=-1)
+    v = F.normalize(torch.randn(world * per, 2, 8, generator=gen), dim=-1)
+    ids = torch.tensor([0, 0, 1, 2, 2, 3])  # a video split over both ranks' batches
+    af, vf = a.clone().requires_grad_(True), v.clone().requires_grad_(True)
+    full, _ = sync_infonce(af, vf, 0.1, negatives, video_ids=ids)
+    full.backward()
+    al, vl = a.clone().requires_grad_(True), v.clone().requires_grad_(True)
+    local = [sync_infonce(al, vl, 0.1, negatives, video_ids=ids, local_clips=slice(r * per, (r + 1) * per))[0]
+             for r in range(world)]
+    assert local[0].item() != pytest.approx(local[1].item(), abs=1e-4)  # each rank's own rows
+    (sum(local) / world).backward()
+    assert (sum(local) / world).item() == pytest.approx(full.item(), abs=1e-6)
+    torch.testing.assert_close(al.grad, af.grad)
+    torch.testing.assert_close(vl.grad, vf.grad)
+    with pytest.raises(ValueError, match="local_clips"):
+        sync_infonce(a, v, 0.1, negatives, local_clips=slice(4, 8))
+
+
 def test_masked_out_pairs_do_not_enter_the_loss():
     gen = torch.Generator().manual_seed(0)
     a = F.normalize(torch.randn(3, 4, 8, generator=gen), dim=-1)
@@ -108,9 +159,11 @@ def test_temperature_is_clamped_and_validated():
     assert t().item() == pytest.approx(0.07)
     with torch.no_grad():
         t.log_temperature.fill_(math.log(10.0))
-    assert t().item() == pytest.approx(0.5)
+    t.clamp_()  # in place, after an optimiser step
+    assert t().item() == pytest.approx(0.5) and t.log_temperature.item() == pytest.approx(math.log(0.5))
     with torch.no_grad():
         t.log_temperature.fill_(math.log(1e-6))
+    t.clamp_()
     assert t().item() == pytest.approx(0.001)
     fixed = LearnableTemperature(0.05, learnable=False)
     assert list(fixed.parameters()) == [] and fixed().item() == pytest.approx(0.05)
@@ -118,6 +171,33 @@ def test_temperature_is_clamped_and_validated():
         LearnableTemperature(init=0.9)
     with pytest.raises(ValueError, match="bounds"):
         LearnableTemperature(init=0.1, min=0.2, max=0.1)
+
+
+def test_temperature_at_a_bound_keeps_its_gradient():
+    """Clamping in forward froze the temperature: once an optimiser step took the parameter past a bound, its
+    gradient was 0 for good. The parameter is clamped in place after the step (CLIP, Synchformer) and forward
+    uses it as is, so a loss that wants the temperature back inside moves it."""
+    from avssl.objectives import clamp_temperatures
+
+    model = nn.Module()
+    model.temp = LearnableTemperature(init=0.4, min=0.001, max=0.5)
+    opt = torch.optim.SGD(model.parameters(), lr=10.0)
+    model.temp().neg().backward()  # wants a higher temperature: this step overshoots the bound
+    opt.step()
+    opt.zero_grad()
+    clamp_temperatures(model)
+    assert model.temp.log_temperature.item() == pytest.approx(math.log(0.5))
+    model.temp().backward()  # now wants a lower one
+    grad = model.temp.log_temperature.grad
+    assert grad is not None and grad.item() == pytest.approx(0.5)  # d exp(log t) / d log t = t
+    opt.step()
+    clamp_temperatures(model)
+    assert model.temp().item() < 0.5  # moved back inside
+    # an old checkpoint whose parameter lies past a bound (it was clamped on read) loads clamped
+    state = {"log_temperature": torch.tensor(math.log(3.0))}
+    fresh = LearnableTemperature(init=0.07, min=0.001, max=0.5)
+    fresh.load_state_dict(state)
+    assert fresh().item() == pytest.approx(0.5)
 
 
 def test_sync_contrastive_learns_temperature_and_follows_curriculum():
@@ -145,7 +225,7 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _gather_worker(rank: int, world: int, port: int, out_dir: str) -> None:
+def _gather_worker(rank: int, world: int, port: int, out_dir: str, local_loss: bool = False) -> None:
     import torch.distributed as dist
 
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
@@ -154,7 +234,8 @@ def _gather_worker(rank: int, world: int, port: int, out_dir: str) -> None:
         v = F.normalize(torch.randn(4, 2, 3, generator=torch.Generator().manual_seed(1)), dim=-1)
         local_a = a[2 * rank: 2 * rank + 2].clone().requires_grad_(True)
         local_v = v[2 * rank: 2 * rank + 2].clone().requires_grad_(True)
-        loss, _ = sync_infonce(gather_with_grad(local_a), gather_with_grad(local_v), 0.1)
+        local = slice(2 * rank, 2 * rank + 2) if local_loss else None
+        loss, _ = sync_infonce(gather_with_grad(local_a), gather_with_grad(local_v), 0.1, local_clips=local)
         loss.backward()
         torch.save({"loss": loss.detach(), "ga": local_a.grad, "gv": local_v.grad},
                    os.path.join(out_dir, f"rank{rank}.pt"))
@@ -163,18 +244,24 @@ def _gather_worker(rank: int, world: int, port: int, out_dir: str) -> None:
 
 
 @pytest.mark.slow
-def test_gather_with_grad_across_two_processes(tmp_path):
-    """Gathered loss equals the single-process loss; summed gradients (what DDP averages) equal the full ones."""
+@pytest.mark.parametrize("local_loss", [False, True])
+def test_gather_with_grad_across_two_processes(tmp_path, local_loss: bool):
+    """Gathered loss equals the single-process loss (with the local loss: the ranks' mean does); summed gradients
+    (what DDP averages) equal the full ones in both cases."""
     import torch.multiprocessing as mp
 
-    mp.spawn(_gather_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_gather_worker, args=(2, _free_port(), str(tmp_path), local_loss), nprocs=2, join=True)
     a = F.normalize(torch.randn(4, 2, 3, generator=torch.Generator().manual_seed(0)), dim=-1).requires_grad_(True)
     v = F.normalize(torch.randn(4, 2, 3, generator=torch.Generator().manual_seed(1)), dim=-1).requires_grad_(True)
     loss, _ = sync_infonce(a, v, 0.1)
     loss.backward()
+    got_losses = [torch.load(tmp_path / f"rank{rank}.pt", weights_only=True)["loss"].item() for rank in range(2)]
+    if local_loss:
+        assert sum(got_losses) / 2 == pytest.approx(loss.item(), abs=1e-6)
+    else:
+        assert got_losses == [pytest.approx(loss.item(), abs=1e-6)] * 2
     for rank in range(2):
         got = torch.load(tmp_path / f"rank{rank}.pt", weights_only=True)
-        assert got["loss"].item() == pytest.approx(loss.item(), abs=1e-6)
         # all_gather's backward sums the gradient of every rank's (identical) loss: world_size x the true one
         torch.testing.assert_close(got["ga"], 2 * a.grad[2 * rank: 2 * rank + 2])
         torch.testing.assert_close(got["gv"], 2 * v.grad[2 * rank: 2 * rank + 2])

@@ -190,3 +190,29 @@ def test_curriculum_and_errors():
     with pytest.raises(KeyError, match="audio"):
         model({"video": data["video"]})
     assert math.isfinite(model(data).loss.item())
+
+
+def test_cross_video_negatives_exclude_other_clips_of_the_same_video():
+    """The batch's per-clip video id (``video_id``, or hashed from ``path``) reaches the sync loss, so clips of one
+    video are not each other's negatives; a batch without either keeps one video per clip."""
+    from avssl.data.sampling import video_id
+    from avssl.objectives import sync_infonce
+
+    video, audio = vit_pair()
+    model = AVPretrainModel(video, audio, embed_dim=16, sync={"negatives": "cross_video", "learn_temperature": False})
+    model.eval()
+    gen = torch.Generator().manual_seed(2)
+    base = {"video": torch.randn(3, S, 3, 4, 32, 32, generator=gen), "audio": torch.randn(3, S, 1, 32, 32, generator=gen)}
+    paths = ["/d/a.mp4", "/d/a.mp4", "/d/b.mp4"]  # two clips of a.mp4
+    with torch.no_grad():
+        by_path = model({**base, "path": paths})
+        by_id = model({**base, "video_id": torch.tensor([5, 5, 9])})
+        plain = model(base)
+    a, v = by_path.audio_emb, by_path.video_emb
+    same_video = sync_infonce(a, v, 0.07, "cross_video", video_ids=torch.tensor([0, 0, 1]))[0]
+    other_clips = sync_infonce(a, v, 0.07, "cross_video")[0]
+    assert by_path.logs["loss_sync"].item() == pytest.approx(same_video.item(), abs=1e-5)
+    assert by_id.logs["loss_sync"].item() == pytest.approx(same_video.item(), abs=1e-5)
+    assert plain.logs["loss_sync"].item() == pytest.approx(other_clips.item(), abs=1e-5)
+    assert abs(same_video.item() - other_clips.item()) > 1e-3
+    assert video_id("/d/a.mp4") == video_id("/d/a.mp4") != video_id("/d/b.mp4") and video_id("/d/a.mp4") >= 0

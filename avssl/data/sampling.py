@@ -20,6 +20,7 @@ __all__ = [
     "hash_uniform",
     "segment_starts",
     "uniform_clip_starts",
+    "video_id",
 ]
 
 _EPS = 1e-9  # seconds; absorbs float rounding when a clip exactly fills its span
@@ -96,6 +97,13 @@ def hash_uniform(*key: object) -> float:
     digest = hashlib.blake2b(repr(tuple(_key_part(k) for k in key)).encode("utf-8"), digest_size=8).digest()
     (value,) = struct.unpack("<Q", digest)
     return (value >> 11) * 2.0**-53
+
+
+def video_id(path: str) -> int:
+    """A stable non-negative 63-bit id of a source video (BLAKE2b of its path): clips with equal ids come from one
+    video, which the ``cross_video`` negatives exclude (the same in every process and run)."""
+    digest = hashlib.blake2b(str(path).encode("utf-8"), digest_size=8, person=b"avssl-vid").digest()
+    return struct.unpack("<Q", digest)[0] >> 1
 
 
 def _check_span(available_start: float, available_end: float, spec: ClipSpec) -> float:

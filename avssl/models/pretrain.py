@@ -20,12 +20,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from avssl.data.sampling import video_id
 from avssl.models.base import Encoder
 from avssl.models.heads import ProjectionHead
 from avssl.models.joint import JointMAE
 from avssl.models.mae import MAEBranch, patch_dim_for
 from avssl.objectives.combined import CombinedLoss
-from avssl.objectives.contrastive import SyncContrastive, gather_with_grad
+from avssl.objectives.contrastive import SyncContrastive, gather_no_grad, gather_with_grad, local_clip_slice
 from avssl.objectives.metrics import retrieval_top1, sync_acc
 
 OBJECTIVES = ("sync", "mae_video", "mae_audio", "joint_mae", "joint_contrastive")
@@ -33,7 +34,7 @@ MODALITIES = ("video", "audio")
 
 SYNC_DEFAULTS: dict[str, Any] = {
     "temperature": 0.07, "learn_temperature": True, "temperature_min": 0.001, "temperature_max": 0.5,
-    "negatives": "all", "curriculum_epochs": 0,
+    "negatives": "all", "curriculum_epochs": 0, "local_loss": False,
 }
 MAE_DEFAULTS: dict[str, Any] = {
     "video_mask_kind": "tube", "video_mask_ratio": 0.9, "audio_mask_kind": "random", "audio_mask_ratio": 0.8,
@@ -188,6 +189,30 @@ class AVPretrainModel(nn.Module):
     def _gather(self, x: Tensor) -> Tensor:
         return gather_with_grad(x) if self.gather_distributed else x
 
+    @staticmethod
+    def batch_video_ids(batch: Mapping[str, Any], b: int, device: torch.device) -> Tensor | None:
+        """int64 [B] source-video id per clip: ``batch["video_id"]``, else hashed from ``batch["path"]`` (what the
+        datasets and the shard reader carry); None (every clip its own video) when the batch has neither."""
+        ids = batch.get("video_id")
+        if isinstance(ids, Tensor):
+            return ids.to(device=device, dtype=torch.int64).reshape(b)
+        paths = batch.get("path")
+        if isinstance(paths, (list, tuple)) and len(paths) == b and all(isinstance(p, str) for p in paths):
+            return torch.tensor([video_id(p) for p in paths], dtype=torch.int64, device=device)
+        return None
+
+    def _contrast(self, module: SyncContrastive, a: Tensor, v: Tensor,
+                  batch: Mapping[str, Any]) -> tuple[Tensor, dict[str, Tensor]]:
+        """``module`` on the gathered embeddings; video ids only where the negatives need them (cross_video);
+        with ``local_loss`` only this rank's rows against the gathered columns."""
+        ids = None
+        if module.current_negatives == "cross_video":
+            ids = self.batch_video_ids(batch, int(a.shape[0]), a.device)
+            if ids is not None and self.gather_distributed:
+                ids = gather_no_grad(ids)
+        local = local_clip_slice(int(a.shape[0])) if module.local_loss and self.gather_distributed else None
+        return module(self._gather(a), self._gather(v), video_ids=ids, local_clips=local)
+
     def forward(self, batch: Mapping[str, Any], *, generator: torch.Generator | None = None) -> PretrainOutput:
         """One step on ``batch`` (``video`` [B, S, C, T, H, W], ``audio`` [B, S, 1, F, M]); masks draw from
         ``generator`` in a fixed order (mae_video, mae_audio, joint), so a seeded generator reproduces a step."""
@@ -203,7 +228,7 @@ class AVPretrainModel(nn.Module):
 
         if self.sync is not None:
             a_emb, v_emb = self.embed(video, audio)
-            terms["sync"], sync_logs = self.sync(self._gather(a_emb), self._gather(v_emb))
+            terms["sync"], sync_logs = self._contrast(self.sync, a_emb, v_emb, batch)
             logs["loss_sync_a2v"] = sync_logs["loss_a2v"]
             logs["loss_sync_v2a"] = sync_logs["loss_v2a"]
             logs["temperature"] = sync_logs["temperature"]
@@ -225,7 +250,7 @@ class AVPretrainModel(nn.Module):
             if self.joint.contrastive is not None:
                 ja = out.embeddings["audio"].reshape(b, s, -1)
                 jv = out.embeddings["video"].reshape(b, s, -1)
-                terms["joint_contrastive"], joint_logs = self.joint.contrastive(self._gather(ja), self._gather(jv))
+                terms["joint_contrastive"], joint_logs = self._contrast(self.joint.contrastive, ja, jv, batch)
                 logs["temperature_joint"] = joint_logs["temperature"]
                 if a_emb is None:
                     a_emb, v_emb = ja, jv
