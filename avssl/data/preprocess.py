@@ -311,8 +311,21 @@ class Preprocessor:
             raise ValueError("frame times must be non-decreasing")
         t0 = float(t[0]) if start is None else float(start)
         n = _count_segments(self.spec, float(t[-1]) + step - t0) if num_segments is None else int(num_segments)
-        clips, _ = cut_video(self.spec, frames, t, self.spec.segment_starts(t0, n))
+        return self.video_at(frames, t, self.spec.segment_starts(t0, n))
+
+    def video_at(self, frames: Tensor, times: Tensor, starts: Sequence[float]) -> Tensor:
+        """Model input ``[len(starts), 3, T, h, w]`` of the segments starting at ``starts`` (any instants on the
+        frames' clock), cut from uint8 frames ``[F, H, W, 3]`` with sorted ``times``."""
+        clips, _ = cut_video(self.spec, torch.as_tensor(frames), times, starts)
         return self._transform(clips)
+
+    def audio_at(self, audio: Tensor, audio_start: float, starts: Sequence[float],
+                 valid: Tensor | None = None) -> Tensor:
+        """Log-mel ``[len(starts), 1, F, M]`` of the segments starting at ``starts`` of a mono waveform at the
+        model's rate whose sample 0 sits at ``audio_start`` (uncovered parts and invalid audio are silence)."""
+        ok = torch.ones(audio.shape[-1], dtype=torch.bool) if valid is None else valid
+        wave, mask = cut_audio(self.spec, audio, float(audio_start), starts, ok)
+        return self.spec.audio_features(wave, mask)[0]
 
     def audio(self, waveform: Tensor, sample_rate: int, *, start: float | None = None,
               num_segments: int | None = None, valid: Tensor | None = None, audio_start: float = 0.0) -> Tensor:
@@ -342,6 +355,4 @@ class Preprocessor:
         t0 = float(audio_start) if start is None else float(start)
         if num_segments is None:
             num_segments = _count_segments(self.spec, float(audio_start) + wav.shape[0] / self.sample_rate - t0)
-        wave, mask = cut_audio(self.spec, wav, float(audio_start), self.spec.segment_starts(t0, num_segments), ok)
-        spec, _ = self.spec.audio_features(wave, mask)
-        return spec
+        return self.audio_at(wav, float(audio_start), self.spec.segment_starts(t0, num_segments), ok)

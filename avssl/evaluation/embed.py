@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -52,42 +54,45 @@ class EncoderPair:
     def sample_rate(self) -> int:
         return int(self.audio.preprocessor.sample_rate)
 
-    def read(self, path: str | os.PathLike[str], start: float, duration: float, orient: str | None = None) -> AVWindow:
-        """Decode ``[start, start + duration)`` at the model's fps and sample rate (mono); ``orient`` is a fixed
-        picture correction (a manifest's ``orient`` column, see ``avssl.data.orient``)."""
+    @property
+    def segment_stride(self) -> float:
+        return float(self.video.preprocessor.spec.segment_stride)
+
+    def segments_in(self, window: float) -> int:
+        """How many model segments (with the model's gap) a window of ``window`` seconds holds; at least one."""
+        spec = self.video.preprocessor.spec
+        return max(1, math.floor((window - spec.segment_duration) / spec.segment_stride + 1e-6) + 1)
+
+    def read(self, path: str | os.PathLike[str], start: float, duration: float, orient: str | None = None,
+             video_starts: Sequence[float] | None = None) -> AVWindow:
+        """Decode ``[start, start + duration)`` (mono, the model's sample rate; the window starts on the file's
+        sample grid) with the frames on screen at the frame instants of segments starting at ``video_starts``
+        (``avssl.data.preprocess``: exactly what the cutter picks), or on the model's fps grid when None.
+        ``orient`` is a fixed picture correction (a manifest's ``orient`` column, see ``avssl.data.orient``)."""
         from avssl.data.media import read_av_window
 
-        return read_av_window(path, start, duration, fps=self.fps, sample_rate=self.sample_rate, mono=True,
+        sr = self.sample_rate
+        a = max(math.floor(start * sr + 1e-6), 0) / sr
+        duration, start = duration + (start - a), a
+        if video_starts is None:
+            return read_av_window(path, start, duration, fps=self.fps, sample_rate=sr, mono=True, orient=orient)
+        targets = np.unique(self.video.preprocessor.spec.frame_targets(video_starts).reshape(-1))
+        return read_av_window(path, start, duration, frame_times=targets, sample_rate=sr, mono=True,
                               orient=orient)
 
     @torch.no_grad()
     def embed_video(self, win: AVWindow, start: float, num_segments: int = 1) -> Tensor:
         """Embeddings ``[num_segments, D]`` of consecutive video segments from ``start`` (file clock)."""
-        x = self.video.preprocess(win.frames, times=win.frame_times, start=start, num_segments=num_segments)
+        starts = self.video.preprocessor.spec.segment_starts(start, num_segments)
+        x = self.video.preprocessor.video_at(win.frames, win.frame_times, starts)
         return self.video(x.to(self.device)).cpu()
 
     @torch.no_grad()
     def embed_audio(self, win: AVWindow, starts: list[float] | Tensor) -> Tensor:
         """Embeddings ``[len(starts), D]`` of one audio segment starting at each time in ``starts``."""
-        seg = [cut_audio(win, float(t), self.segment_duration) for t in starts]
-        # one call: consecutive whole segments are preprocessed independently (one log-mel batch)
-        x = self.audio.preprocess(torch.cat(seg), sample_rate=win.sample_rate)
-        if x.shape[0] != len(seg):
-            raise RuntimeError(f"audio preprocessing made {x.shape[0]} segments from {len(seg)}")
+        x = self.audio.preprocessor.audio_at(win.audio, win.audio_start, [float(t) for t in starts],
+                                             win.audio_valid)
         return self.audio(x.to(self.device)).cpu()
-
-
-def cut_audio(win: AVWindow, start: float, duration: float) -> Tensor:
-    """Mono samples of ``[start, start + duration)`` from a decoded window (zeros where it has none)."""
-    sr = win.sample_rate
-    n = round(duration * sr)
-    a0 = round((start - win.audio_start) * sr)
-    audio = win.audio if win.audio.dim() == 1 else win.audio.mean(0)
-    out = torch.zeros(n, dtype=torch.float32)
-    lo, hi = max(a0, 0), min(a0 + n, audio.shape[-1])
-    if hi > lo:
-        out[lo - a0 : hi - a0] = audio[lo:hi]
-    return out
 
 
 def window_starts(start: float, end: float, window: float, hop: float) -> list[float]:
@@ -107,8 +112,7 @@ def embed_windows(
     A window spanning several model segments is embedded as the normalised mean of its segments. Files are read
     in chunks of about ``chunk`` seconds.
     """
-    seg = pair.segment_duration
-    n_seg = max(1, int(window / seg + 1e-6))
+    n_seg = pair.segments_in(window)
     vs, as_ = [], []
     i = 0
     while i < len(starts):
@@ -116,10 +120,11 @@ def embed_windows(
         while j + 1 < len(starts) and starts[j + 1] + window - starts[i] <= max(chunk, window) + 1e-9:
             j += 1
         lo, hi = starts[i], starts[j] + window
-        win = pair.read(path, lo, hi - lo, orient)
-        for t in starts[i : j + 1]:
+        segs = [pair.video.preprocessor.spec.segment_starts(t, n_seg) for t in starts[i : j + 1]]
+        win = pair.read(path, lo, hi - lo, orient, video_starts=[s for ss in segs for s in ss])
+        for t, ss in zip(starts[i : j + 1], segs):
             v = pair.embed_video(win, t, n_seg)
-            a = pair.embed_audio(win, [t + k * seg for k in range(n_seg)])
+            a = pair.embed_audio(win, ss)
             vs.append(F.normalize(v.mean(0), dim=-1))
             as_.append(F.normalize(a.mean(0), dim=-1))
         i = j + 1
@@ -138,10 +143,10 @@ def offset_similarities(
     seg = pair.segment_duration
     lo = video_start + min(0.0, min(offsets))
     hi = video_start + seg + max(0.0, max(offsets))
-    win = pair.read(path, lo, hi - lo, orient)
+    win = pair.read(path, lo, hi - lo, orient, video_starts=[video_start])
     v = pair.embed_video(win, video_start, 1)  # [1, D]
     a = pair.embed_audio(win, [video_start + o for o in offsets])  # [K, D]
     return (F.normalize(a, dim=-1) @ F.normalize(v, dim=-1).T).squeeze(1)
 
 
-__all__ = ["EncoderPair", "cut_audio", "window_starts", "embed_windows", "offset_similarities"]
+__all__ = ["EncoderPair", "window_starts", "embed_windows", "offset_similarities"]

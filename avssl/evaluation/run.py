@@ -197,28 +197,19 @@ def evaluate_probes_on_items(
 
 
 def _segment_inputs(pair: EncoderPair, item: EvalItem, modality: str, max_segments: int) -> torch.Tensor:
-    seg = pair.segment_duration
-    n = int((item.duration + 1e-6) / seg)
+    """Model inputs of up to ``max_segments`` evenly chosen segments of an item, through the one cutter."""
+    n = pair.segments_in(item.duration) if item.duration + 1e-6 >= pair.segment_duration else 0
     if n < 1:
         return torch.empty(0)
-    starts = [item.start + k * seg for k in range(n)]
+    spec = pair.video.preprocessor.spec
+    starts = spec.segment_starts(item.start, n)
     if len(starts) > max_segments:
-        starts = [
-            starts[round(j * (len(starts) - 1) / max(max_segments - 1, 1))] for j in range(max_segments)
-        ]
-    win = pair.read(item.path, item.start, n * seg, item.orient)
+        starts = [starts[round(j * (len(starts) - 1) / max(max_segments - 1, 1))] for j in range(max_segments)]
+    win = pair.read(item.path, item.start, starts[-1] + spec.segment_duration - item.start, item.orient,
+                    video_starts=starts)
     if modality == "video":
-        return torch.cat(
-            [
-                pair.video.preprocess(win.frames, times=win.frame_times, start=t, num_segments=1)
-                for t in starts
-            ]
-        )
-    from avssl.evaluation.embed import cut_audio
-
-    return torch.cat(
-        [pair.audio.preprocess(cut_audio(win, t, seg), sample_rate=win.sample_rate) for t in starts]
-    )
+        return pair.video.preprocessor.video_at(win.frames, win.frame_times, starts)
+    return pair.audio.preprocessor.audio_at(win.audio, win.audio_start, starts, win.audio_valid)
 
 
 def finetune(
