@@ -247,6 +247,7 @@ class CheckpointConfig:
     save_last: bool = True
     save_top_k: int = 1
     every_n_epochs: int = 1
+    every_n_train_steps: Optional[int] = None  # also write last.ckpt every N optimizer steps (pre-emptible jobs)
 
 
 @dataclass

@@ -87,3 +87,84 @@ def test_rng_state_round_trips_through_weights_only_checkpoints(tmp_path: Path):
     set_rng_state(torch.load(tmp_path / "s.pt", weights_only=True)["rng"])
     b = (random.random(), np.random.rand(), torch.rand(3))
     assert a[0] == b[0] and a[1] == b[1] and torch.equal(a[2], b[2])
+
+
+def _tiny_overrides(cache: str, out: Path) -> list[str]:
+    return ["debug=tiny", f"data.demo.cache_dir={cache}", f"output_dir={out}", "data.demo.num_videos=4",
+            "data.batch_size=2", "data.num_workers=0", "data.persistent_workers=false", "logger=none",
+            "trainer.max_steps=1", "trainer.limit_val_batches=0", "callbacks.checkpoint.every_n_train_steps=1",
+            "callbacks.lr_monitor=false"]
+
+
+def test_resume_with_another_model_or_data_config_is_an_error_naming_what_differs(tmp_path: Path):
+    from avssl.lit.distributed import check_resume_config
+    from avssl.lit.run import train
+
+    cache, out = str(tmp_path / "demo"), tmp_path / "run"
+    with initialize_config_module("avssl.conf", version_base="1.3"):
+        first = compose("train", overrides=_tiny_overrides(cache, out))
+        changed = compose("train", overrides=[*_tiny_overrides(cache, out), "ckpt_path=last", "model.embed_dim=32",
+                                              "data.batch_size=4", "data.fps=4"])
+        workers = compose("train", overrides=[*_tiny_overrides(cache, out), "data.num_workers=2",
+                                              f"data.demo.cache_dir={tmp_path / 'elsewhere'}"])
+    result = train(first)
+    assert result.last_checkpoint is not None
+    with pytest.raises(ValueError, match="trained with another config") as e:
+        train(changed)
+    msg = str(e.value)
+    for line in ("model.embed_dim: 128 in the checkpoint, 32 now", "data.batch_size: 2 in the checkpoint, 4 now",
+                 "data.fps: 8.0 in the checkpoint, 4.0 now", "preprocessing.fps: 8.0 in the checkpoint, 4.0 now"):
+        assert line in msg, msg
+    # workers and where the data lives may change between a run and its resume
+    plain = to_plain(workers)
+    ckpt = torch.load(result.last_checkpoint, map_location="cpu", weights_only=True)
+    check_resume_config(ckpt, plain, AVDataModule(plain["data"], seed=0).preprocessing)
+
+
+def test_checkpoint_every_n_train_steps_config():
+    from avssl.lit.callbacks import build_callbacks
+
+    with initialize_config_module("avssl.conf", version_base="1.3"):
+        cfg = compose("train", overrides=["callbacks.checkpoint.every_n_train_steps=50"])
+    plain = to_plain(cfg)
+    cbs = [c for c in build_callbacks(plain["callbacks"], "/tmp/ck") if isinstance(c, ModelCheckpoint)]
+    assert [(c._every_n_epochs, c._every_n_train_steps, c.monitor) for c in cbs] == [
+        (1, 0, "val/sync_acc"), (0, 50, None)]  # best-by-metric per epoch; last.ckpt every 50 steps
+    assert all(c.save_last for c in cbs)
+    plain["callbacks"]["checkpoint"]["every_n_train_steps"] = 0
+    with pytest.raises(ValueError, match="every_n_train_steps must be >= 1"):
+        build_callbacks(plain["callbacks"], "/tmp/ck")
+
+
+def test_each_rank_draws_its_own_reproducible_random_stream():
+    from types import SimpleNamespace
+
+    from avssl.lit.distributed import ExactResumeCallback
+
+    cb = ExactResumeCallback(seed=3)
+
+    def draw(rank: int, epoch: int, batch_idx: int) -> torch.Tensor:
+        cb.on_train_batch_start(SimpleNamespace(global_rank=rank, current_epoch=epoch), None, None, batch_idx)  # type: ignore[arg-type]
+        return torch.rand(4)
+
+    assert not torch.equal(draw(0, 0, 1), draw(1, 0, 1))  # ranks differ (MAE masks, drop-path)
+    assert not torch.equal(draw(0, 0, 1), draw(0, 0, 2)) and not torch.equal(draw(0, 0, 1), draw(0, 1, 1))
+    torch.rand(100)  # whatever ran before
+    assert torch.equal(draw(1, 2, 5), draw(1, 2, 5))  # a pure function of (seed, rank, epoch, batch)
+
+
+def test_samplers_split_train_and_validation_data_over_ranks():
+    from avssl.lit.datamodule import EpochSampler, EvalBatchSampler
+
+    one = list(EpochSampler(9, seed=1))
+    ranks = [EpochSampler(9, seed=1, rank=r, world_size=2) for r in range(2)]
+    keys = [list(s) for s in ranks]
+    assert len(keys[0]) == len(keys[1]) == 5 and sorted(set(keys[0] + keys[1])) == sorted(one)
+    ranks[1].skip_batches, ranks[1].skip_batch_size = 2, 2  # resume: this rank's own first 2 batches
+    assert list(ranks[1]) == keys[1][4:]
+    order = list(range(7))
+    single = list(EvalBatchSampler(order, 2))
+    shared = [list(EvalBatchSampler(order, 2, rank=r, world_size=2)) for r in range(2)]
+    assert sorted(shared[0] + shared[1]) == sorted(single)  # the same batches, each clip exactly once
+    with pytest.raises(ValueError, match="no full batch"):
+        EvalBatchSampler(list(range(3)), 2, rank=0, world_size=2)

@@ -179,11 +179,11 @@ def test_reader_yields_every_sample_once_across_two_processes_and_two_workers(sh
 
 def test_decoded_batches_follow_the_sample_contract(shard_dir: Path):
     index = ShardIndex.load(shard_dir / "out", "train")
-    ds = ShardedClipDataset(index, clip=ClipSpec(2, 0.25), fps=8, frame_size=32, batch_size=4, num_workers=0,
+    ds = ShardedClipDataset(index, clip=ClipSpec(2, 0.25), fps=8, frame_size=48, batch_size=4, num_workers=0,
                             even="drop", seed=0)
     assert len(ds) == 12 and ds.classes == ["chirp_triangle", "noise_ring", "sine_circle", "square_square"]
     batch = next(iter(DataLoader(ds, batch_size=4)))
-    assert batch["video"].shape == (4, 2, 3, 2, 32, 32) and batch["audio"].shape[:3] == (4, 2, 1)
+    assert batch["video"].shape == (4, 2, 3, 2, 48, 48) and batch["audio"].shape[:3] == (4, 2, 1)
     assert batch["video_valid"].all() and batch["audio_valid"].float().mean() > 0.9
     assert batch["label"].min() >= 0 and batch["num_skipped"].sum() == 0
     assert all(p.endswith(".mp4") and "demo" in p for p in batch["path"])
@@ -220,7 +220,7 @@ def test_training_reads_shards_through_the_datamodule(shard_dir: Path, tmp_path:
         cfg = compose("train", overrides=[
             "debug=[tiny,fast_dev_run]", "data=shards", f"data.path={shard_dir / 'out'}", "data.val_split=train",
             "data.num_workers=0", "data.batch_size=2", "data.val_batch_size=2", "data.num_segments=2",
-            "data.segment_duration=0.25", "data.fbank.num_mel_bins=64", "data.frame_size=32",
+            "data.segment_duration=0.25", "data.fbank.num_mel_bins=64", "data.frame_size=48",
             f"output_dir={tmp_path}", "logger=none", "trainer.enable_progress_bar=false"])
     result = train(cfg)
     assert result.metrics["val/loss"] == result.metrics["val/loss"]  # finite (not NaN)
@@ -246,3 +246,70 @@ def test_manifest_orient_is_baked_into_the_shard_once(tmp_path: Path):
     seg.write_bytes(data)
     frame = read_av_window(seg, 0.1, 0.2).frames[0].numpy().astype(int)
     assert frame[:8, :8, 0].mean() > 180 and frame[:8, :8, 1].mean() < 80  # red marker top-left: upright
+
+
+def _corrupt_copy(src: Path, dst: Path, bad_keys: set[str]) -> None:
+    """A copy of the shard folder ``src`` in which the mp4 of each of ``bad_keys`` is replaced by junk bytes."""
+    import io
+    import shutil
+
+    shutil.copytree(src, dst)
+    for tar_path in dst.glob("*.tar"):
+        with tarfile.open(tar_path) as tf:
+            members = [(m, tf.extractfile(m).read()) for m in tf.getmembers()]  # type: ignore[union-attr]
+        if not any(m.name.rsplit(".", 1)[0] in bad_keys for m, _ in members):
+            continue
+        with tarfile.open(tar_path, "w") as tf:
+            for m, data in members:
+                if m.name.endswith(".mp4") and m.name.rsplit(".", 1)[0] in bad_keys:
+                    data = b"this is not an mp4 file" * 4
+                    m.size = len(data)
+                tf.addfile(m, io.BytesIO(data))
+
+
+def test_undecodable_samples_are_replaced_so_ranks_stay_even(shard_dir: Path, tmp_path: Path):
+    """Two bad samples on one rank: every rank still yields its planned number of full batches (the bad samples
+    replaced by good ones, counted in num_replaced), and a resume after them continues exactly."""
+    from avssl.lit.distributed import ResumableDataLoader
+
+    index = ShardIndex.load(shard_dir / "out", "train")
+    kw = dict(clip=ClipSpec(2, 0.25), fps=8, frame_size=48, batch_size=2, num_workers=0, even="drop", seed=2,
+              world_size=2)
+    plain = ShardedClipDataset(index, **{**kw, "decode": False}, rank=0)  # type: ignore[arg-type]
+    rank0_keys = [str(s["key"]) for s in plain]
+    bad = set(rank0_keys[:2])  # in rank 0's first batch
+    _corrupt_copy(shard_dir / "out", tmp_path / "bad", bad)
+    bad_index = ShardIndex.load(tmp_path / "bad", "train")
+    counts, replaced = [], 0
+    for rank in range(2):
+        ds = ShardedClipDataset(bad_index, **kw, rank=rank)  # type: ignore[arg-type]
+        batches = list(DataLoader(ds, batch_size=2))
+        assert all(len(b["key"]) == 2 for b in batches)
+        assert not bad & {k for b in batches for k in b["key"]}
+        counts.append(len(batches))
+        replaced += int(sum(b["num_replaced"].sum() for b in batches))
+        if rank == 0:
+            full = [list(b["key"]) for b in batches]
+            loader = ResumableDataLoader(ShardedClipDataset(bad_index, **kw, rank=0), batch_size=2)  # type: ignore[arg-type]
+            it = iter(loader)
+            head = [list(next(it)["key"]) for _ in range(2)]
+            state = loader.state_dict()
+            assert state["stream_positions"][0][1] == 6  # 4 good + 2 replaced samples read
+            again = ResumableDataLoader(ShardedClipDataset(bad_index, **kw, rank=0), batch_size=2)  # type: ignore[arg-type]
+            again.load_state_dict(state)
+            assert head + [list(b["key"]) for b in again] == full
+    plan = ShardedClipDataset(bad_index, **kw, rank=0).plan()  # type: ignore[arg-type]
+    assert counts == plan.batches_per_rank  # [3, 3]: equal, whatever failed
+    assert replaced == 2
+
+
+def test_shards_written_at_other_settings_are_refused(shard_dir: Path):
+    index = ShardIndex.load(shard_dir / "out", "train")  # written at 8 fps, short side 48 px, 16 kHz
+    with pytest.raises(ShardError, match=r"fps: shards written at 8, data.fps=16") as e:
+        ShardedClipDataset(index, clip=ClipSpec(2, 0.25), fps=16, frame_size=64)
+    assert "size: shards written with short side 48 px, data.frame_size=64" in str(e.value)
+    from avssl.data.features import FbankConfig
+
+    with pytest.raises(ShardError, match="sample rate: shards written at 16000 Hz, data.fbank.sample_rate=8000"):
+        ShardedClipDataset(index, clip=ClipSpec(2, 0.25), fps=8, frame_size=48, fbank=FbankConfig(sample_rate=8000))
+    ShardedClipDataset(index, clip=ClipSpec(2, 0.25), fps=8, frame_size=48)  # matching settings

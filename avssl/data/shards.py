@@ -461,6 +461,29 @@ def _dist_info(rank: int | None, world_size: int | None) -> tuple[int, int]:
 # ---------------------------------------------------------------------------------------------------- reading
 
 
+def plan_counts(counts: Sequence[int], shards: Sequence[int]) -> list[int]:
+    """Sample counts of the shards at positions ``shards``."""
+    return [int(counts[s]) for s in shards]
+
+
+def check_shard_settings(index: ShardIndex, *, fps: float, frame_size: int, sample_rate: int) -> None:
+    """Refuse shards written at another frame rate, frame size or sample rate than training reads at: reading
+    them would resample already re-encoded media silently. ``ShardError`` names every setting that differs."""
+    cfg = index.config
+    diffs = []
+    if "fps" in cfg and abs(float(cfg["fps"]) - float(fps)) > 1e-6:
+        diffs.append(f"fps: shards written at {float(cfg['fps']):g}, data.fps={float(fps):g}")
+    if "size" in cfg and int(cfg["size"]) != int(frame_size):
+        diffs.append(f"size: shards written with short side {int(cfg['size'])} px, data.frame_size={int(frame_size)}")
+    if "sample_rate" in cfg and int(cfg["sample_rate"]) != int(sample_rate):
+        diffs.append(f"sample rate: shards written at {int(cfg['sample_rate'])} Hz, "
+                     f"data.fbank.sample_rate={int(sample_rate)}")
+    if diffs:
+        raise ShardError(f"{index.source}: shards disagree with the training config: " + "; ".join(diffs)
+                         + ". Write shards with matching settings (avssl-shards --fps/--size) or set data.fps / "
+                         "data.frame_size / data.fbank.sample_rate to the shards' values")
+
+
 def iter_shard_samples(urls: Sequence[str]) -> Iterator[dict[str, Any]]:
     """Raw samples (``__key__``, ``mp4`` bytes, ``json`` bytes) of the shards, in order, through WebDataset."""
     import webdataset as wds
@@ -517,8 +540,13 @@ class ShardedClipDataset(IterableDataset[dict[str, Any]]):
         self.classes = list(classes or [])
         self.rank, self.world_size = _dist_info(rank, world_size)
         self.decode = decode
+        if decode:
+            check_shard_settings(index, fps=self.fps, frame_size=self.frame_size,
+                                 sample_rate=self.fbank.sample_rate)
         self.epoch = 0
         self.skip_batches = 0  # batches of this rank already consumed this epoch (resume)
+        self.skip_batch_size = self.batch_size
+        self.skip_positions: dict[int, int] = {}  # resume: next raw-stream position per worker (exact with failures)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
@@ -542,14 +570,15 @@ class ShardedClipDataset(IterableDataset[dict[str, Any]]):
         return info.id, info.num_workers
 
     def raw_stream(self, plan: EpochPlan, worker: int) -> Iterator[dict[str, Any]]:
-        """This rank's ``worker``'s raw samples for the epoch: shuffled, cut to its quota (cycling to pad)."""
+        """This rank's ``worker``'s raw samples for the epoch, shuffled; with ``even="drop"`` / ``"pad"`` the
+        stream cycles through the worker's shards without end (``__cycle__`` numbers the pass) and the reader
+        stops at its quota of good samples; with ``even="none"`` one pass."""
         urls = [self.index.urls[s] for s in plan.shards[self.rank][worker]]
-        quota = plan.quota[self.rank][worker]
-        if quota == 0 or not urls:
+        if plan.quota[self.rank][worker] == 0 or not urls:
             return
         rng = random.Random(int(hash_uniform("buffer", self.seed, plan.epoch, self.rank, worker) * 2**53))
-        yielded, cycle = 0, 0
-        while yielded < quota:
+        cycle = 0
+        while True:
             stream: Iterator[dict[str, Any]] = iter_shard_samples(urls)
             if self.shuffle and self.shuffle_buffer > 1:
                 from webdataset.filters import _shuffle
@@ -560,37 +589,58 @@ class ShardedClipDataset(IterableDataset[dict[str, Any]]):
                 sample["__cycle__"] = cycle
                 yield sample
                 got += 1
-                yielded += 1
-                if yielded >= quota:
-                    return
             if got == 0:
                 raise ShardError(f"shards {urls} hold no samples")
+            if self.even == "none":
+                return
             cycle += 1
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
+        """This worker's quota of good samples. A sample that fails to decode is replaced by the next one of the
+        (deterministic) stream, so every rank yields the same number of batches whatever fails; the replacement
+        is counted in ``num_replaced`` (logged as ``data/replaced``) and ``num_skipped`` (``data/bad_files``).
+        With ``even="none"`` failed samples are left out (each sample at most once)."""
         worker, _ = self._worker()
         plan = self.plan()
-        skip = self._skip_for_worker(plan, worker)
-        self.skip_batches = 0  # a resume skips once
+        quota = plan.quota[self.rank][worker]
+        good = self._skip_for_worker(plan, worker)  # good samples this worker already gave (resume)
+        start = self.skip_positions.get(worker, good)  # raw position to continue from
+        self.skip_batches, self.skip_positions = 0, {}  # a resume skips once
+        if good >= quota:
+            return
+        one_pass = sum(plan_counts(self.index.counts, plan.shards[self.rank][worker]))
         tmp = tempfile.mkdtemp(prefix="avssl-shard-")
         try:
-            pending_skips = 0
-            for k, raw in enumerate(self.raw_stream(plan, worker)):
-                if k < skip:
+            pending, failed_in_row = 0, 0
+            for pos, raw in enumerate(self.raw_stream(plan, worker)):
+                if pos < start:
                     continue
                 if not self.decode:
                     meta = json.loads(raw["json"])
-                    yield {"key": raw["__key__"], "index": torch.tensor(meta["ordinal"]), "cycle": raw["__cycle__"]}
-                    continue
-                try:
-                    sample = self._decode(raw, tmp)
-                except MediaError as e:  # keep the quota: the next sample stands in (counted in num_skipped)
-                    log.warning("shards: skipping undecodable sample %s (%s)", raw.get("__key__"), e)
-                    pending_skips += 1
-                    continue
-                sample["num_skipped"] = torch.tensor(pending_skips, dtype=torch.int64)
-                pending_skips = 0
+                    sample = {"key": raw["__key__"], "index": torch.tensor(meta["ordinal"]),
+                              "cycle": raw["__cycle__"]}
+                else:
+                    try:
+                        sample = self._decode(raw, tmp)
+                    except MediaError as e:
+                        failed_in_row += 1
+                        if failed_in_row >= one_pass:
+                            raise ShardError(f"rank {self.rank} worker {worker}: none of the {one_pass} sample(s) "
+                                             f"of shards {[self.index.urls[s] for s in plan.shards[self.rank][worker]]}"
+                                             f" decodes (last: {e})") from e
+                        log.warning("shards: replacing undecodable sample %s (%s)", raw.get("__key__"), e)
+                        pending += 1
+                        continue
+                    sample["num_skipped"] = torch.tensor(pending, dtype=torch.int64)
+                    sample["num_replaced"] = torch.tensor(pending if self.even != "none" else 0,
+                                                          dtype=torch.int64)
+                pending, failed_in_row = 0, 0
+                sample["stream_pos"] = torch.tensor(pos, dtype=torch.int64)
+                sample["stream_worker"] = torch.tensor(worker, dtype=torch.int64)
                 yield sample
+                good += 1
+                if good >= quota:
+                    return
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
 
@@ -599,7 +649,7 @@ class ShardedClipDataset(IterableDataset[dict[str, Any]]):
         workers in turn, passing over exhausted ones)."""
         if self.skip_batches <= 0:
             return 0
-        left = [q // self.batch_size for q in plan.quota[self.rank]]
+        left = [math.ceil(q / self.batch_size) for q in plan.quota[self.rank]]  # (even="none": a last part batch)
         taken = [0] * len(left)
         w, n = 0, self.skip_batches
         while n > 0 and any(x > 0 for x in left):
@@ -608,7 +658,7 @@ class ShardedClipDataset(IterableDataset[dict[str, Any]]):
                 taken[w] += 1
                 n -= 1
             w = (w + 1) % len(left)
-        return taken[worker] * self.batch_size
+        return min(taken[worker] * self.batch_size, plan.quota[self.rank][worker])
 
     def _decode(self, raw: dict[str, Any], tmp: str) -> dict[str, Any]:
         key = raw.get("__key__", "?")
@@ -652,6 +702,7 @@ __all__ = [
     "ShardWriteConfig",
     "ShardWriteResult",
     "ShardedClipDataset",
+    "check_shard_settings",
     "encode_segment",
     "iter_shard_samples",
     "plan_epoch",

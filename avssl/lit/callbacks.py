@@ -11,6 +11,9 @@ from lightning.pytorch.callbacks import Callback, EarlyStopping, LearningRateMon
 def build_callbacks(cfg: dict[str, Any], checkpoint_dir: str | Path, has_logger: bool = True) -> list[Callback]:
     """Callbacks from the ``callbacks`` config section; checkpoints go to ``checkpoint_dir``.
 
+    ``checkpoint.every_n_epochs`` writes the best checkpoint(s) by ``checkpoint.monitor`` (and ``last.ckpt``);
+    ``checkpoint.every_n_train_steps`` (optional) also writes ``last.ckpt`` every N optimizer steps.
+
     The LR monitor needs a logger and is left out without one.
     """
     out: list[Callback] = []
@@ -30,6 +33,14 @@ def build_callbacks(cfg: dict[str, Any], checkpoint_dir: str | Path, has_logger:
                 every_n_epochs=int(ck["every_n_epochs"]),
             )
         )
+        steps = ck.get("every_n_train_steps")
+        if steps is not None:
+            if int(steps) < 1:
+                raise ValueError(f"callbacks.checkpoint.every_n_train_steps must be >= 1 or null, got {steps}")
+            # Lightning's ModelCheckpoint takes one trigger: a second one writes last.ckpt every N steps (mid-epoch
+            # too), which a resumed run (ckpt_path=last) continues from exactly
+            out.append(ModelCheckpoint(dirpath=str(checkpoint_dir), monitor=None, save_top_k=0, save_last=True,
+                                       every_n_train_steps=int(steps)))
     if cfg.get("lr_monitor") and has_logger:
         out.append(LearningRateMonitor(logging_interval="step"))
     patience = cfg.get("early_stopping_patience")

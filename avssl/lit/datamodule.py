@@ -87,29 +87,77 @@ def preprocessing_from_data(data_cfg: dict[str, Any]) -> dict[str, Any]:
 
 
 class EpochSampler(Sampler[tuple[int, int]]):
-    """Yields ``(epoch, index)`` keys, shuffled by a generator seeded with ``(seed, epoch)``.
+    """Yields ``(epoch, index)`` keys, shuffled by a generator seeded with ``(seed, epoch)``; under DDP, this
+    rank's share of that order.
 
-    Lightning calls ``set_epoch`` at the start of every epoch (also through its distributed wrapper).
+    The order is a pure function of ``(seed, epoch)``, the same on every rank; with ``world_size`` W it is padded
+    (by repeating its first keys, as ``torch.utils.data.DistributedSampler`` does) to a multiple of W and rank r
+    takes every W-th key from position r, so every rank holds the same number of keys. A resume skips this
+    rank's first ``skip_batches x skip_batch_size`` keys (set by ``ResumableDataLoader``, used once). Call
+    ``set_epoch`` at the start of every epoch (Lightning does).
     """
 
-    def __init__(self, length: int, seed: int = 0, shuffle: bool = True):
+    def __init__(self, length: int, seed: int = 0, shuffle: bool = True, rank: int = 0, world_size: int = 1):
+        if world_size < 1 or not 0 <= rank < world_size:
+            raise ValueError(f"EpochSampler: rank={rank} must lie in [0, world_size={world_size})")
         self.length, self.seed, self.shuffle, self.epoch = int(length), int(seed), shuffle, 0
+        self.rank, self.world_size = int(rank), int(world_size)
         self.skip_batches, self.skip_batch_size = 0, 1  # resume: set by ResumableDataLoader, used once
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
 
     def __len__(self) -> int:
-        return self.length
+        return -(-self.length // self.world_size)  # keys per rank
 
-    def __iter__(self) -> Iterator[tuple[int, int]]:
+    def order(self) -> list[int]:
+        """This rank's indices for the current epoch (before any resume skip)."""
         if self.shuffle:
             g = torch.Generator().manual_seed(int(hash_uniform("order", self.seed, self.epoch) * 2**53))
             order = torch.randperm(self.length, generator=g).tolist()
         else:
             order = list(range(self.length))
+        if self.world_size > 1:
+            total = len(self) * self.world_size
+            order = (order * (-(-total // max(1, len(order)))))[:total]
+            order = order[self.rank :: self.world_size]
+        return order
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        order = self.order()
         skip, self.skip_batches = self.skip_batches * self.skip_batch_size, 0
         return iter([(self.epoch, i) for i in order[skip:]])
+
+
+class EvalBatchSampler(Sampler[list[int]]):
+    """Validation batches of a fixed clip order, dealt whole to ranks: rank r evaluates batches r, r + W, ...
+
+    Every clip is evaluated exactly once (no padding with duplicate clips) and every batch holds the clips it
+    holds in a one-process run, so per-batch metrics (in-batch sync accuracy, retrieval) do not depend on the
+    number of processes; Lightning's epoch-end reduction of the logged sums and batch sizes then gives the
+    one-process metrics. Ranks may hold different numbers of batches (validation must not gather across ranks;
+    ``avssl.lit.distributed.LocalValidationCallback`` turns the model's gather off during validation).
+    """
+
+    def __init__(self, order: list[int], batch_size: int, rank: int = 0, world_size: int = 1):
+        if batch_size < 1:
+            raise ValueError(f"EvalBatchSampler: batch_size must be >= 1, got {batch_size}")
+        if world_size < 1 or not 0 <= rank < world_size:
+            raise ValueError(f"EvalBatchSampler: rank={rank} must lie in [0, world_size={world_size})")
+        batches = [list(order[i : i + batch_size]) for i in range(0, len(order), batch_size)]
+        if world_size > 1:
+            full = [sum(1 for b in batches[r::world_size] if len(b) == batch_size) for r in range(world_size)]
+            if min(full) == 0:
+                raise ValueError(f"validation: {len(order)} clip(s) make {len(batches)} batch(es) of "
+                                 f"data.val_batch_size={batch_size}, so some of the {world_size} ranks would get no "
+                                 "full batch; lower data.val_batch_size or use more validation data")
+        self.batches = batches[rank::world_size]
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return iter([list(b) for b in self.batches])
 
 
 class EpochClips(Dataset[dict[str, Any]]):
@@ -260,6 +308,15 @@ class AVDataModule(pl.LightningDataModule):
 
     # --- loaders --------------------------------------------------------------------------------------------
 
+    def _ranks(self) -> tuple[int, int]:
+        """(global rank, world size): the attached trainer's, else torch.distributed's, else (0, 1)."""
+        trainer = self.trainer
+        if trainer is not None:
+            return int(trainer.global_rank), int(trainer.world_size)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            return torch.distributed.get_rank(), torch.distributed.get_world_size()
+        return 0, 1
+
     def _loader_kwargs(self) -> dict[str, Any]:
         workers = int(self.cfg["num_workers"])
         return {
@@ -275,11 +332,14 @@ class AVDataModule(pl.LightningDataModule):
         if self.cfg["source"] == "shards":  # streaming: the dataset splits shards over ranks and workers
             kw = {**self._loader_kwargs(), "persistent_workers": False}  # workers must see each epoch's plan
             return ResumableDataLoader(self.train_set, batch_size=bs, **kw)
-        if len(self.train_set) < bs:
-            raise ValueError(f"data.batch_size={bs} exceeds the {len(self.train_set)} train clips per epoch; "
-                             "lower it or raise data.clips_per_file")
-        return ResumableDataLoader(self.train_set, batch_size=bs,
-                                   sampler=EpochSampler(len(self.train_set), self.seed), drop_last=True,
+        rank, world = self._ranks()
+        # this module splits the data over ranks itself (build_trainer sets use_distributed_sampler=False)
+        sampler = EpochSampler(len(self.train_set), self.seed, rank=rank, world_size=world)
+        if len(sampler) < bs:
+            per_rank = f" ({len(sampler)} per rank over {world} ranks)" if world > 1 else ""
+            raise ValueError(f"data.batch_size={bs} exceeds the {len(self.train_set)} train clips per epoch"
+                             f"{per_rank}; lower it or raise data.clips_per_file")
+        return ResumableDataLoader(self.train_set, batch_size=bs, sampler=sampler, drop_last=True,
                                    **self._loader_kwargs())
 
     def val_dataloader(self) -> DataLoader:
@@ -293,9 +353,10 @@ class AVDataModule(pl.LightningDataModule):
             order = torch.randperm(n, generator=torch.Generator().manual_seed(VAL_ORDER_SEED)).tolist()
         else:
             order = list(range(n))
-        return DataLoader(self.val_set, batch_size=int(self.cfg["val_batch_size"]), sampler=order, shuffle=False,
-                          drop_last=False, **self._loader_kwargs())
+        rank, world = self._ranks()
+        batches = EvalBatchSampler(order, int(self.cfg["val_batch_size"]), rank=rank, world_size=world)
+        return DataLoader(self.val_set, batch_sampler=batches, **self._loader_kwargs())
 
 
-__all__ = ["AVDataModule", "EpochClips", "EpochSampler", "VAL_ORDER_SEED", "clip_spec", "fbank_config",
+__all__ = ["AVDataModule", "EpochClips", "EpochSampler", "EvalBatchSampler", "VAL_ORDER_SEED", "clip_spec", "fbank_config",
            "preprocessing_from_data"]

@@ -7,6 +7,7 @@ implements communication itself; see docs/scaling.md.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import random
 from collections.abc import Iterator, Mapping
@@ -115,7 +116,8 @@ def convert_sync_batchnorm(module: nn.Module) -> nn.Module:
 
 class ShardEpochCallback(Callback):
     """Tells a streaming dataset (``ShardedClipDataset``) the epoch before its loader is iterated, and logs the
-    epoch plan: samples per rank and what was dropped or repeated to keep ranks even."""
+    epoch plan: samples per rank and what was dropped or repeated to keep ranks even. Also logs
+    ``data/replaced``: undecodable shard samples replaced by good ones (summed over ranks and the epoch)."""
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.on_train_epoch_start(trainer, pl_module)  # a mid-epoch resume skips on_train_epoch_start
@@ -133,6 +135,45 @@ class ShardEpochCallback(Callback):
             pl_module.log("data/padded", float(plan.padded), on_step=False, on_epoch=True, reduce_fx="max",
                           batch_size=1)
 
+    @staticmethod
+    def _log_replaced(pl_module: pl.LightningModule, batch: Any) -> None:
+        replaced = batch.get("num_replaced") if isinstance(batch, Mapping) else None
+        if isinstance(replaced, torch.Tensor):
+            pl_module.log("data/replaced", replaced.sum().float(), on_step=False, on_epoch=True, reduce_fx="sum",
+                          batch_size=1, sync_dist=True)
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        self._log_replaced(pl_module, batch)
+
+    def on_validation_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+                                batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._log_replaced(pl_module, batch)
+
+
+class LocalValidationCallback(Callback):
+    """Validation without cross-rank gathers: each rank evaluates whole batches of its own (see
+    ``avssl.lit.datamodule.EvalBatchSampler``), so its batches are exactly those of a one-process run and ranks
+    may hold different numbers of them (a gather would then hang). Lightning reduces the logged sums and batch
+    sizes over ranks at the epoch's end, which gives the metrics of one process over the whole validation set."""
+
+    def __init__(self) -> None:
+        self._saved: bool | None = None
+
+    def _model(self, pl_module: pl.LightningModule) -> Any:
+        model = getattr(pl_module, "model", None)
+        return model if model is not None and hasattr(model, "gather_distributed") else None
+
+    def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        model = self._model(pl_module)
+        if model is not None and trainer.world_size > 1:
+            self._saved, model.gather_distributed = bool(model.gather_distributed), False
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        model = self._model(pl_module)
+        if model is not None and self._saved is not None:
+            model.gather_distributed, self._saved = self._saved, None
+
 
 # ---------------------------------------------------------------------------------------------------- resume
 
@@ -142,14 +183,19 @@ class ResumableDataLoader(DataLoader):
 
     Lightning stores ``state_dict()`` of a train loader that has one and calls ``load_state_dict`` when resuming;
     the state is plain ints (``weights_only``-loadable). The next epoch's iterator then skips the batches already
-    trained on: map-style data through a sampler with ``skip`` (``EpochSampler``), streaming data through the
-    dataset's ``skip_batches``. Batches are counted as they leave the loader, so prefetching does not matter.
+    trained on: map-style data through a sampler with ``skip`` (``EpochSampler``, which splits the order over ranks
+    itself, so each rank skips its own batches), streaming data through the dataset's ``skip_batches``. Streaming
+    samples carry their position in their worker's raw stream (``stream_pos``, ``stream_worker``); the loader
+    keeps the next position per worker, so a resume also passes over samples that failed to decode and were
+    replaced. Batches are counted as they leave the loader, so prefetching does not matter.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._yielded = 0
         self._resume_batches = 0
+        self._positions: dict[int, int] = {}
+        self._resume_positions: dict[int, int] = {}
 
     def _target(self) -> Any:
         for obj in (self.dataset, self.sampler, getattr(self.batch_sampler, "sampler", None)):
@@ -160,24 +206,42 @@ class ResumableDataLoader(DataLoader):
     def __iter__(self) -> Iterator[Any]:  # type: ignore[override]
         target = self._target()
         skip, self._resume_batches = self._resume_batches, 0
+        positions, self._resume_positions = self._resume_positions, {}
         if skip and target is None:
-            raise RuntimeError("ResumableDataLoader: neither the dataset nor the sampler can skip batches")
+            raise RuntimeError(f"ResumableDataLoader: cannot resume after {skip} batch(es): neither the dataset "
+                               f"({type(self.dataset).__name__}) nor the sampler ({type(self.sampler).__name__}) "
+                               "can skip batches (use avssl.lit.datamodule.EpochSampler or a ShardedClipDataset)")
         if target is not None:
             # read (and reset) by the target's own __iter__; worker processes take their copy at start-up
             target.skip_batches, target.skip_batch_size = skip, self.batch_size
+            if hasattr(target, "skip_positions"):
+                target.skip_positions = dict(positions) if skip else {}
         self._yielded = skip
+        self._positions = dict(positions) if skip else {}
         it = super().__iter__()
         if target is not None and target is self.dataset and self.num_workers > 0:
             setattr(target, "skip_batches", 0)  # noqa: B010 - the workers hold it now; the next epoch starts from its beginning
+            if hasattr(target, "skip_positions"):
+                target.skip_positions = {}
         for batch in it:
             self._yielded += 1
+            self._note_position(batch)
             yield batch
 
-    def state_dict(self) -> dict[str, int]:
-        return {"batches_yielded": int(self._yielded)}
+    def _note_position(self, batch: Any) -> None:
+        if isinstance(batch, Mapping) and isinstance(batch.get("stream_pos"), torch.Tensor):
+            worker = int(batch["stream_worker"].reshape(-1)[0])  # a batch of an IterableDataset: one worker's
+            self._positions[worker] = int(batch["stream_pos"].max()) + 1
+
+    def state_dict(self) -> dict[str, Any]:
+        state: dict[str, Any] = {"batches_yielded": int(self._yielded)}
+        if self._positions:
+            state["stream_positions"] = [[int(w), int(p)] for w, p in sorted(self._positions.items())]
+        return state
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self._resume_batches = int(state.get("batches_yielded", 0))
+        self._resume_positions = {int(w): int(p) for w, p in state.get("stream_positions", [])}
 
 
 def rng_state() -> dict[str, Any]:
@@ -205,17 +269,39 @@ def set_rng_state(state: Mapping[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def step_seed(seed: int, rank: int, epoch: int, batch_idx: int) -> int:
+    """A 63-bit seed that is a pure function of ``(seed, rank, epoch, batch_idx)`` (SHA-256 of the four ints)."""
+    key = f"avssl-step|{int(seed)}|{int(rank)}|{int(epoch)}|{int(batch_idx)}".encode()
+    return int.from_bytes(hashlib.sha256(key).digest()[:8], "little") >> 1
+
+
+def seed_step(seed: int, rank: int, epoch: int, batch_idx: int) -> int:
+    """Seed Python's, NumPy's and torch's (CPU and every CUDA device's) global generators for one training batch;
+    returns the seed. Ranks draw different masks, drop-path and dropout; a resumed run draws what it would have."""
+    s = step_seed(seed, rank, epoch, batch_idx)
+    random.seed(s)
+    np.random.seed(s % 2**32)
+    torch.manual_seed(s)  # also seeds every CUDA device
+    return s
+
+
 class ExactResumeCallback(Callback):
-    """Saves every process's RNG states and the train loader's position in checkpoints; on resume it puts the
-    loader back at its position before the epoch's iterator is made, and restores the RNG states just before the
-    first batch, so data order and random draws (masks, dropout) continue exactly as in an uninterrupted run.
+    """Per-rank random streams and exact resume.
+
+    Before every training batch, the global generators (Python, NumPy, torch CPU and CUDA) are seeded from
+    ``(seed, global rank, epoch, batch index)`` (:func:`seed_step`): every rank draws its own masks, drop-path and
+    dropout, and the draws of a step do not depend on what ran before it, so a run resumed on any number of
+    processes draws exactly what the uninterrupted run drew. Checkpoints also hold the train loader's position
+    (plain ints), put back before the resumed epoch's iterator is made, and the run's data config (``data``),
+    which :func:`check_resume_config` compares with the resuming run's.
 
     (Lightning restores a stateful loader itself only when the loader is built after the checkpoint is loaded; it
     is built earlier when the LR schedule asks for the number of steps, hence this callback.)
     """
 
-    def __init__(self) -> None:
-        self._pending_rng: dict[str, Any] | None = None
+    def __init__(self, seed: int = 0, data_config: Mapping[str, Any] | None = None) -> None:
+        self.seed = int(seed)
+        self.data_config = dict(data_config) if data_config is not None else None
         self._pending_loader: dict[str, Any] | None = None
         self._trainer: pl.Trainer | None = None
 
@@ -223,7 +309,9 @@ class ExactResumeCallback(Callback):
         self._trainer = trainer
 
     def state_dict(self) -> dict[str, Any]:
-        state: dict[str, Any] = {"rng": rng_state()}
+        state: dict[str, Any] = {"seed": self.seed}
+        if self.data_config is not None:
+            state["data"] = self.data_config
         loader = self._trainer.train_dataloader if self._trainer is not None else None
         if isinstance(loader, ResumableDataLoader):
             state["loader"] = loader.state_dict()
@@ -232,7 +320,6 @@ class ExactResumeCallback(Callback):
         return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self._pending_rng = state_dict.get("rng")
         self._pending_loader = state_dict.get("loader")
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -244,20 +331,93 @@ class ExactResumeCallback(Callback):
 
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any,
                              batch_idx: int) -> None:
-        if self._pending_rng is not None:
-            set_rng_state(self._pending_rng)
-            self._pending_rng = None
+        seed_step(self.seed, trainer.global_rank, trainer.current_epoch, batch_idx)
+
+
+# ---------------------------------------------------------------------------------------------------- checks
+
+# data settings that may change between a run and its resume: they do not change what is trained on
+RESUME_FREE_DATA_KEYS = ("num_workers", "pin_memory", "persistent_workers", "path", "demo.cache_dir",
+                         "shards.url_template")
+
+
+def _flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(obj, Mapping):
+        out: dict[str, Any] = {}
+        for k, v in obj.items():
+            out.update(_flatten(v, f"{prefix}{k}."))
+        return out
+    if isinstance(obj, (list, tuple)):
+        return {prefix[:-1]: [_plain(x) for x in obj]}
+    return {prefix[:-1]: _plain(obj)}
+
+
+def _plain(x: Any) -> Any:
+    if isinstance(x, Mapping):
+        return {str(k): _plain(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_plain(v) for v in x]
+    if isinstance(x, bool) or x is None or isinstance(x, str):
+        return x
+    if isinstance(x, (int, float)):
+        return float(x) if isinstance(x, float) else int(x)
+    return x
+
+
+def config_differences(saved: Mapping[str, Any], current: Mapping[str, Any], section: str,
+                       ignore: tuple[str, ...] = ()) -> list[str]:
+    """``section.key: saved -> current`` for every leaf that differs (or exists on one side only)."""
+    a, b = _flatten(saved), _flatten(current)
+    out = []
+    for key in sorted(set(a) | set(b)):
+        if key in ignore or any(key.startswith(i + ".") for i in ignore):
+            continue
+        va, vb = a.get(key, "<absent>"), b.get(key, "<absent>")
+        if isinstance(va, (int, float)) and isinstance(vb, (int, float)) and not isinstance(va, bool) \
+                and not isinstance(vb, bool) and float(va) == float(vb):
+            continue
+        if va != vb:
+            out.append(f"{section}.{key}: {va!r} in the checkpoint, {vb!r} now")
+    return out
+
+
+def check_resume_config(ckpt: Mapping[str, Any], cfg: Mapping[str, Any], preprocessing: Mapping[str, Any],
+                        where: str = "checkpoint") -> None:
+    """Refuse to resume a checkpoint under another model or data config: ``ValueError`` listing every setting
+    that differs. Data settings in ``RESUME_FREE_DATA_KEYS`` (workers, paths) may change."""
+    hp = ckpt.get("hyper_parameters") or {}
+    diffs: list[str] = []
+    if "model" in hp:
+        diffs += config_differences(hp["model"], cfg["model"], "model")
+    if "preprocessing" in hp:
+        diffs += config_differences(hp["preprocessing"], preprocessing, "preprocessing")
+    saved_data = None
+    for key, state in (ckpt.get("callbacks") or {}).items():
+        if str(key).startswith("ExactResumeCallback") and isinstance(state, Mapping) and "data" in state:
+            saved_data = state["data"]
+    if saved_data is not None:
+        diffs += config_differences(saved_data, cfg["data"], "data", ignore=RESUME_FREE_DATA_KEYS)
+    if diffs:
+        raise ValueError(f"ckpt_path={where}: the checkpoint was trained with another config; resuming would "
+                         "silently change the run. Settings that differ:\n  " + "\n  ".join(diffs)
+                         + "\nResume with the checkpoint's settings (its config.json), or start a new run.")
 
 
 __all__ = [
+    "RESUME_FREE_DATA_KEYS",
     "ExactResumeCallback",
+    "LocalValidationCallback",
     "ResumableDataLoader",
     "STRATEGY_NAMES",
     "ShardEpochCallback",
     "block_classes",
     "build_strategy",
+    "check_resume_config",
+    "config_differences",
     "convert_sync_batchnorm",
     "has_batchnorm",
     "rng_state",
+    "seed_step",
     "set_rng_state",
+    "step_seed",
 ]

@@ -20,7 +20,13 @@ from omegaconf import DictConfig, OmegaConf
 
 from avssl.lit.callbacks import build_callbacks
 from avssl.lit.datamodule import AVDataModule
-from avssl.lit.distributed import ExactResumeCallback, ShardEpochCallback, build_strategy
+from avssl.lit.distributed import (
+    ExactResumeCallback,
+    LocalValidationCallback,
+    ShardEpochCallback,
+    build_strategy,
+    check_resume_config,
+)
 from avssl.lit.module import AVSSLModule
 
 log = logging.getLogger(__name__)
@@ -82,7 +88,10 @@ def build_trainer(cfg: dict[str, Any], output_dir: Path) -> pl.Trainer:
     callbacks = build_callbacks(cfg["callbacks"], output_dir / "checkpoints", has_logger=logger is not False)
     # scale-out (avssl.lit.distributed): strategy objects from config, exact resume, streaming-shard epochs
     t["strategy"] = build_strategy(t.get("strategy"))
-    callbacks += [ExactResumeCallback(), ShardEpochCallback()]
+    callbacks += [ExactResumeCallback(int(cfg.get("seed") or 0), cfg.get("data")), ShardEpochCallback(),
+                  LocalValidationCallback()]
+    # AVDataModule splits train and validation data over ranks itself (EpochSampler, EvalBatchSampler)
+    t["use_distributed_sampler"] = False
     return pl.Trainer(
         default_root_dir=str(output_dir),
         logger=logger,
@@ -126,6 +135,10 @@ def train(cfg: DictConfig | dict[str, Any], output_dir: str | os.PathLike[str] |
         ckpt_path = str(out_dir / "checkpoints" / "last.ckpt")
     if ckpt_path is not None and not Path(ckpt_path).is_file():
         raise FileNotFoundError(f"ckpt_path: no checkpoint at {ckpt_path}")
+    if ckpt_path is not None:  # another model or data config is an error naming what differs
+        saved = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True)
+        check_resume_config(saved, plain, dm.preprocessing, where=str(ckpt_path))
+        del saved
     if plain.get("validate_only"):
         trainer.validate(module, datamodule=dm, ckpt_path=ckpt_path)
     else:
