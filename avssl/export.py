@@ -31,6 +31,12 @@ FORMAT_VERSION = 1
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 MODALITIES = ("video", "audio")
+# constructor keywords that name a file to read (``create_encoder(..., pretrained=PATH)``): a bundle never stores
+# them (its weights are its model.safetensors) and checkpoints are rebuilt without them (their state_dict holds the
+# trained weights); they are kept only as provenance
+WEIGHT_PATH_KWARGS = frozenset(
+    {"pretrained", "pretrained_path", "pretrained_weights", "weights_path", "checkpoint_path"}
+)
 # whole leading components added by wrappers: DistributedDataParallel / DataParallel
 _LEADING_WRAPPERS = ("module",)
 # components inserted anywhere by torch.compile (OptimizedModule)
@@ -48,6 +54,9 @@ class ExportError(Exception):
         self.problem = problem
         super().__init__(f"{self.path}: {problem}" if self.path else problem)
 
+    def __reduce__(self) -> tuple[Any, ...]:  # picklable across processes (DataLoader workers, spawn)
+        return (type(self), (self.path, self.problem))
+
 
 class BundleVersionError(ExportError):
     """The bundle was written by a newer avssl (its ``format_version`` is not understood)."""
@@ -57,6 +66,10 @@ class StateDictMismatchError(ExportError):
     """Weights do not fit the module: missing or unexpected keys, or a tensor of the wrong shape."""
 
 
+class MissingFileError(ExportError, FileNotFoundError):
+    """A file that should be read is not there (``path`` names it). Also a ``FileNotFoundError``."""
+
+
 # --- reading weights safely -------------------------------------------------------------------------------------
 
 
@@ -64,7 +77,7 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Read a ``torch.save`` file with ``weights_only=True`` (never runs pickled code) onto the CPU."""
     path = Path(path)
     if not path.is_file():
-        raise ExportError(path, "no such checkpoint file")
+        raise MissingFileError(path, "no such checkpoint file")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
@@ -88,7 +101,7 @@ def read_safetensors(path: str | os.PathLike[str]) -> dict[str, Tensor]:
 
     path = Path(path)
     if not path.is_file():
-        raise ExportError(path, "weights file is missing")
+        raise MissingFileError(path, "weights file is missing")
     try:
         return load_file(str(path), device="cpu")
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
@@ -463,10 +476,40 @@ def _module_state(model: Any, modality: str, cfg: Mapping[str, Any]) -> dict[str
     return sd
 
 
+def weight_paths(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """The file-naming keywords (:data:`WEIGHT_PATH_KWARGS`) in a module config's encoder, head and joint kwargs,
+    as ``{"encoder.kwargs.pretrained": value, ...}``."""
+    found: dict[str, Any] = {}
+    for part in ("encoder", "head", "joint"):
+        sub = cfg.get(part)
+        if not isinstance(sub, Mapping):
+            continue
+        for where, kw in ((f"{part}.kwargs", sub.get("kwargs")), (part, sub)):
+            if isinstance(kw, Mapping):
+                found.update({f"{where}.{k}": kw[k] for k in sorted(kw) if k in WEIGHT_PATH_KWARGS})
+    return found
+
+
+def _refuse_weight_paths(cfg: Mapping[str, Any], source: str | os.PathLike[str] | None) -> None:
+    paths = weight_paths(cfg)
+    if paths:
+        named = ", ".join(f"{k.rsplit('.', 1)[1]!r} (model.{k} = {v!r})" for k, v in paths.items())
+        raise ExportError(
+            source,
+            f"the model config names a file to read: {named}; refused, nothing was opened: a bundle's weights "
+            f"come only from its {WEIGHTS_FILE} (remove the key)",
+        )
+
+
 def build_module(cfg: Mapping[str, Any], preprocessing: Mapping[str, Any] | None = None) -> PretrainedEncoder:
-    """An untrained :class:`PretrainedEncoder` from a module config (see :func:`module_config`)."""
+    """An untrained :class:`PretrainedEncoder` from a module config (see :func:`module_config`).
+
+    A config naming a file to read (``pretrained=`` or another of :data:`WEIGHT_PATH_KWARGS`) is refused: the
+    module's weights come from the bundle or checkpoint it is loaded from, never from a path written in a config.
+    """
     from avssl.models import ProjectionHead, create_encoder
 
+    _refuse_weight_paths(cfg, None)
     enc_cfg = cfg["encoder"]
     encoder = create_encoder(enc_cfg["name"], **dict(enc_cfg.get("kwargs") or {}))
     head = ProjectionHead(**cfg["head"]) if cfg.get("head") else None
@@ -512,13 +555,42 @@ def _model_prefix(state_dict: Mapping[str, Tensor], source: str | os.PathLike[st
     return prefixes.pop()
 
 
+def pretrained_from(hparams: Mapping[str, Any]) -> dict[str, Any]:
+    """The weight files a training run initialised its encoders from (``model.<modality>.kwargs.pretrained``),
+    as ``{modality: path}``: provenance only, never opened when exporting or loading."""
+    model = hparams.get("model") if isinstance(hparams.get("model"), Mapping) else {}
+    out: dict[str, Any] = {}
+    for m in MODALITIES:
+        kwargs = ((model or {}).get(m) or {}).get("kwargs") or {}
+        if isinstance(kwargs, Mapping):
+            named = {k: kwargs[k] for k in sorted(kwargs) if k in WEIGHT_PATH_KWARGS}
+            if named:
+                out[m] = named["pretrained"] if list(named) == ["pretrained"] else named
+    return out
+
+
+def _model_config_without_weight_paths(model_cfg: Mapping[str, Any]) -> dict[str, Any]:
+    cfg = dict(model_cfg)
+    for m in MODALITIES:
+        sub = cfg.get(m)
+        if isinstance(sub, Mapping) and isinstance(sub.get("kwargs"), Mapping):
+            kwargs = {k: v for k, v in sub["kwargs"].items() if k not in WEIGHT_PATH_KWARGS}
+            cfg[m] = {**sub, "kwargs": kwargs}
+    return cfg
+
+
 def build_pretrain_model(hparams: Mapping[str, Any]) -> nn.Module:
     """Rebuild the (untrained) ``AVPretrainModel`` described by a checkpoint's hyperparameters, without Lightning,
-    with the same builder training uses (``avssl.models.build``)."""
+    with the same builder training uses (``avssl.models.build``).
+
+    Encoder keywords naming weight files (``pretrained=``, see :data:`WEIGHT_PATH_KWARGS`) are left out: they
+    initialised training, and the checkpoint's own weights replace whatever they would load, so a checkpoint is
+    rebuilt without opening (or needing) those files. :func:`pretrained_from` reports them.
+    """
     from avssl.models.build import build_pretrain_model as build
 
     return build(
-        dict(hparams.get("model") or {}),
+        _model_config_without_weight_paths(dict(hparams.get("model") or {})),
         dict(hparams.get("objective") or {}),
         dict(hparams.get("preprocessing") or {}),
         gather_distributed=False,
@@ -590,6 +662,8 @@ def provenance(
         "global_step": (meta or {}).get("global_step"),
         "epoch": (meta or {}).get("epoch"),
         "training_config": {k: v for k, v in hp.items() if k != "preprocessing"},
+        # encoder initialisation of the run (model.<modality>.kwargs.pretrained): a record, never opened
+        "pretrained": pretrained_from(hp),
         "data": data,
         "data_config_from": data_source,
         "versions": {
@@ -603,17 +677,83 @@ def provenance(
     }
 
 
+BUNDLE_FILES = frozenset({CONFIG_FILE, WEIGHTS_FILE})
+
+
+def _listing(names: list[str], limit: int = 5) -> str:
+    shown = ", ".join(names[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+def check_bundle_target(out_dir: str | os.PathLike[str]) -> str:
+    """Whether a bundle may be written at ``out_dir``: ``"absent"``, ``"empty"`` (an empty folder) or
+    ``"bundle"`` (an avssl bundle folder, to be replaced). Anything else is refused with an :class:`ExportError`
+    naming it and what it holds: a file, a symbolic link, or a folder holding anything but a bundle's
+    ``config.json`` and ``model.safetensors``. Nothing is changed."""
+    out_dir = Path(out_dir)
+    advice = "choose another --out, or move it away"
+    if out_dir.is_symlink():
+        raise ExportError(out_dir, f"is a symbolic link; a bundle is written as a new folder, never through a link "
+                                   f"({advice})")
+    if not out_dir.exists():
+        return "absent"
+    if not out_dir.is_dir():
+        raise ExportError(out_dir, f"exists and is not a folder; refusing to replace it ({advice})")
+    try:
+        entries = sorted(os.scandir(out_dir), key=lambda e: e.name)
+    except OSError as e:
+        raise ExportError(out_dir, f"cannot list the folder: {e.strerror or e}") from e
+    if not entries:
+        return "empty"
+    foreign = [e.name + ("/" if e.is_dir() else "") for e in entries
+               if e.name not in BUNDLE_FILES or not e.is_file(follow_symlinks=False)]
+    refuse = (
+        f"is not empty and not an avssl bundle folder; refusing to replace it (an avssl bundle holds only "
+        f"{CONFIG_FILE} and {WEIGHTS_FILE}; this folder holds "
+    )
+    if foreign:
+        raise ExportError(out_dir, refuse + f"{_listing(foreign)}) ({advice})")
+    names = [e.name for e in entries]
+    if CONFIG_FILE not in names:
+        raise ExportError(out_dir, refuse + f"{_listing(names)} without {CONFIG_FILE}) ({advice})")
+    try:
+        with open(out_dir / CONFIG_FILE) as f:
+            cfg = json.load(f)
+    except (OSError, ValueError) as e:
+        raise ExportError(out_dir, f"is not an avssl bundle folder ({CONFIG_FILE} cannot be read as JSON: {e}); "
+                                   f"refusing to replace it ({advice})") from e
+    if not (isinstance(cfg, dict) and isinstance(cfg.get("format_version"), int)
+            and cfg.get("modality") in MODALITIES and isinstance(cfg.get("model"), dict)):
+        raise ExportError(out_dir, f"is not an avssl bundle folder (its {CONFIG_FILE} is not a bundle config: no "
+                                   f"format_version, modality and model); refusing to replace it ({advice})")
+    return "bundle"
+
+
+def _fsync(path: Path) -> None:
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
+
+
 def write_bundle(
     module: PretrainedEncoder,
     out_dir: str | os.PathLike[str],
     *,
     provenance_info: Mapping[str, Any] | None = None,
 ) -> Path:
-    """Write one modality's bundle (``model.safetensors`` + ``config.json``) atomically into ``out_dir``."""
+    """Write one modality's bundle (``model.safetensors`` + ``config.json``) atomically as the folder ``out_dir``.
+
+    The files are written into a temporary folder beside ``out_dir`` and renamed into place. ``out_dir`` may be
+    absent, an empty folder, or an avssl bundle (replaced: renamed aside, then its two files removed once the new
+    bundle is in place). Anything else is refused before anything is written (see :func:`check_bundle_target`).
+    """
     from safetensors.torch import save_file
 
     out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    check_bundle_target(out_dir)
+    try:
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ExportError(out_dir.parent, f"cannot create the output folder: {e.strerror or e}") from e
     config = {
         "format_version": FORMAT_VERSION,
         "modality": module.modality,
@@ -621,7 +761,9 @@ def write_bundle(
         "preprocessing": module.preprocessing,
         "provenance": dict(provenance_info or {}),
     }
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    _refuse_weight_paths(module.config, None)  # a bundle never names a file for its loader to open
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    old: Path | None = None
     try:
         state = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
         save_file(
@@ -631,13 +773,45 @@ def write_bundle(
         )
         with open(tmp / CONFIG_FILE, "w") as f:
             json.dump(config, f, indent=2, default=str)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
+            f.flush()
+            os.fsync(f.fileno())
+        _fsync(tmp / WEIGHTS_FILE)
+        target = check_bundle_target(out_dir)  # again: it may have changed while the weights were written
+        if target == "empty":
+            os.rmdir(out_dir)  # fails (and nothing is lost) if a file appeared meanwhile
+        elif target == "bundle":
+            old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
+            os.rename(out_dir, old / out_dir.name)
+        try:
+            os.rename(tmp, out_dir)
+        except OSError:
+            if old is not None:
+                os.rename(old / out_dir.name, out_dir)  # put the previous bundle back
+                _remove_own(old, [])
+                old = None
+            raise
     finally:
         if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+            shutil.rmtree(tmp, ignore_errors=True)  # the temporary folder is ours alone
+    if old is not None:
+        _remove_own(old, [out_dir.name])
     return out_dir
+
+
+def _remove_own(old: Path, bundles: list[str]) -> None:
+    """Delete the previous bundle renamed into ``old``: exactly its files (checked to be a bundle's), then the
+    empty folders; anything else found there is left in place with a warning."""
+    import warnings
+
+    try:
+        for name in bundles:
+            for f in BUNDLE_FILES:
+                (old / name / f).unlink(missing_ok=True)
+            (old / name).rmdir()
+        old.rmdir()
+    except OSError as e:
+        warnings.warn(f"{old}: could not remove the replaced bundle completely ({e}); it is left there",
+                      stacklevel=3)
 
 
 def export_checkpoint(
@@ -645,7 +819,13 @@ def export_checkpoint(
     out_dir: str | os.PathLike[str],
     modalities: tuple[str, ...] = MODALITIES,
 ) -> dict[str, Path]:
-    """Export a Lightning checkpoint as encoder bundles ``out_dir/<modality>/``; returns the folders written."""
+    """Export a Lightning checkpoint as encoder bundles ``out_dir/<modality>/``; returns the folders written.
+
+    Each bundle is written atomically (see :func:`write_bundle`); every target is checked before anything is
+    written, so a refused folder (not empty and not an avssl bundle) leaves ``out_dir`` as it was.
+    """
+    for m in modalities:
+        check_bundle_target(Path(out_dir) / m)
     model, hparams, meta = load_pretrain_checkpoint(checkpoint)
     pre = preprocessing_from_hparams(hparams)
     info = provenance(hparams, meta, checkpoint)
@@ -676,7 +856,7 @@ def read_bundle_config(bundle: str | os.PathLike[str]) -> dict[str, Any]:
         with open(path) as f:
             cfg = json.load(f)
     except FileNotFoundError as e:
-        raise ExportError(path, "bundle config is missing") from e
+        raise MissingFileError(path, "bundle config is missing") from e
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ExportError(path, f"bundle config is not valid JSON (corrupt or truncated?): {e}") from e
     if not isinstance(cfg, dict):
@@ -702,6 +882,9 @@ def load_bundle(path: str | os.PathLike[str], modality: str | None = None) -> Pr
     cfg = read_bundle_config(bdir)
     if modality is not None and cfg["modality"] != modality:
         raise ExportError(bdir, f"this bundle holds the {cfg['modality']} encoder, not {modality}")
+    if not isinstance(cfg["model"], Mapping):
+        raise ExportError(bdir / CONFIG_FILE, "bundle config's 'model' must be a JSON object")
+    _refuse_weight_paths(cfg["model"], bdir / CONFIG_FILE)
     try:
         module = build_module(cfg["model"], cfg["preprocessing"])
     except (TypeError, ValueError, KeyError) as e:
@@ -725,7 +908,7 @@ def load_encoder(path: str | os.PathLike[str], modality: str) -> PretrainedEncod
     if p.is_dir():
         return load_bundle(p, modality)
     if not p.exists():
-        raise ExportError(p, "no such bundle folder or checkpoint file")
+        raise MissingFileError(p, "no such bundle folder or checkpoint file")
     model, hparams, meta = load_pretrain_checkpoint(p)
     module = extract_module(model, modality, preprocessing_from_hparams(hparams))
     module.provenance = provenance(hparams, meta, p)
@@ -796,6 +979,11 @@ __all__ = [
     "preprocessing_from_hparams",
     "provenance",
     "write_bundle",
+    "check_bundle_target",
+    "MissingFileError",
+    "WEIGHT_PATH_KWARGS",
+    "weight_paths",
+    "pretrained_from",
     "export_checkpoint",
     "read_bundle_config",
     "load_bundle",

@@ -330,6 +330,158 @@ def test_loaded_encoder_preprocess_then_forward(tmp_path: Path) -> None:
         aenc.preprocess(torch.zeros(16000))
 
 
+# --- writing bundles never deletes what avssl did not write ----------------------------------------------------
+
+
+def _tree(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_export_refuses_folders_that_are_not_bundles(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from avssl.cli.export import main
+
+    fake_checkpoint(tmp_path / "m.ckpt", "cnn")
+    out = tmp_path / "out"
+    (out / "video" / "clips").mkdir(parents=True)  # a user's folder that happens to be called "video"
+    (out / "video" / "notes.txt").write_text("my notes")
+    (out / "video" / "clips" / "a.mp4").write_bytes(b"\x00not really a video")
+    before = _tree(out)
+    with pytest.raises(ex.ExportError) as err:
+        ex.export_checkpoint(tmp_path / "m.ckpt", out)
+    assert err.value.path == str(out / "video") and "not an avssl bundle" in str(err.value)
+    assert "notes.txt" in str(err.value)
+    assert _tree(out) == before and sorted(p.name for p in out.iterdir()) == ["video"]  # audio not written either
+    # the CLI: one clear line naming the folder, non-zero exit, nothing touched
+    capsys.readouterr()
+    assert main([str(tmp_path / "m.ckpt"), "--out", str(out)]) == 1
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("avssl-export: error: ") and str(out / "video") in lines[0]
+    assert _tree(out) == before
+    # a file where the bundle folder would go, and a symbolic link to a folder, are refused as well
+    (tmp_path / "f").mkdir()
+    (tmp_path / "f" / "audio").write_text("a file")
+    with pytest.raises(ex.ExportError, match="not a folder"):
+        ex.export_checkpoint(tmp_path / "m.ckpt", tmp_path / "f", ("audio",))
+    assert (tmp_path / "f" / "audio").read_text() == "a file"
+    (tmp_path / "l").mkdir()
+    (tmp_path / "l" / "audio").symlink_to(out / "video", target_is_directory=True)
+    with pytest.raises(ex.ExportError, match="symbolic link"):
+        ex.export_checkpoint(tmp_path / "m.ckpt", tmp_path / "l", ("audio",))
+    assert _tree(out) == before
+    # an empty folder is used
+    (tmp_path / "e" / "audio").mkdir(parents=True)
+    ex.export_checkpoint(tmp_path / "m.ckpt", tmp_path / "e", ("audio",))
+    assert sorted(p.name for p in (tmp_path / "e" / "audio").iterdir()) == ["config.json", "model.safetensors"]
+
+
+def test_export_replaces_only_its_own_bundles_atomically(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    fake_checkpoint(tmp_path / "a.ckpt", "cnn")
+    out = tmp_path / "out"
+    ex.export_checkpoint(tmp_path / "a.ckpt", out)
+    first = _tree(out)
+    state = torch.load(tmp_path / "a.ckpt", weights_only=True)
+    state["state_dict"] = {k: v + 1.0 if v.is_floating_point() else v for k, v in state["state_dict"].items()}
+    state["global_step"] = 99
+    torch.save(state, tmp_path / "b.ckpt")
+    ex.export_checkpoint(tmp_path / "b.ckpt", out)  # an avssl bundle is replaced
+    assert json.loads((out / "audio" / "config.json").read_text())["provenance"]["global_step"] == 99
+    assert _tree(out) != first
+    assert sorted(p.name for p in out.iterdir()) == ["audio", "video"]  # no temporary folders left behind
+    second = _tree(out)
+
+    # a failure while writing leaves the previous bundle as it was, and no temporary folder
+    import safetensors.torch
+
+    def broken_save(*args: Any, **kwargs: Any) -> None:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", broken_save)
+    with pytest.raises(OSError, match="disk full"):
+        ex.export_checkpoint(tmp_path / "a.ckpt", out)
+    monkeypatch.undo()
+    assert _tree(out) == second and sorted(p.name for p in out.iterdir()) == ["audio", "video"]
+
+    # a bundle folder holding anything else (a user's README) is not ours to delete: refused, kept as it is
+    (out / "audio" / "README.md").write_text("which run this was")
+    with pytest.raises(ex.ExportError, match="README.md") as err:
+        ex.export_checkpoint(tmp_path / "a.ckpt", out)
+    assert err.value.path == str(out / "audio")
+    assert (out / "audio" / "README.md").read_text() == "which run this was"
+    assert {k: v for k, v in _tree(out).items() if k != "audio/README.md"} == second
+    # nor is a folder whose config.json is not a bundle config
+    (out / "audio" / "README.md").unlink()
+    (out / "audio" / "config.json").write_text('{"learning_rate": 0.1}')
+    with pytest.raises(ex.ExportError, match="not an avssl bundle"):
+        ex.export_checkpoint(tmp_path / "a.ckpt", out, ("audio",))
+    assert (out / "audio" / "config.json").read_text() == '{"learning_rate": 0.1}'
+
+
+# --- loading never follows paths written inside a bundle or checkpoint -------------------------------------------
+
+
+def test_bundle_config_cannot_make_the_loader_open_other_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake_checkpoint(tmp_path / "m.ckpt")
+    ex.export_checkpoint(tmp_path / "m.ckpt", tmp_path / "b")
+    opened: list[str] = []
+    real = ex.load_encoder_weights
+
+    def spy(encoder: torch.nn.Module, path: Any) -> torch.nn.Module:
+        opened.append(str(path))
+        return real(encoder, path)
+
+    monkeypatch.setattr(ex, "load_encoder_weights", spy)
+    cfg_path = tmp_path / "b" / "audio" / "config.json"
+    cfg = json.loads(cfg_path.read_text())
+    assert "pretrained" not in cfg["model"]["encoder"]["kwargs"]
+    for target in (tmp_path / "m.ckpt", tmp_path / "secret" / "missing.safetensors"):
+        bad = copy.deepcopy(cfg)
+        bad["model"]["encoder"]["kwargs"]["pretrained"] = str(target)
+        cfg_path.write_text(json.dumps(bad))
+        with pytest.raises(ex.ExportError) as err:
+            ex.load_encoder(tmp_path / "b", "audio")
+        assert err.value.path == str(cfg_path) and "'pretrained'" in str(err.value)
+        assert "model.safetensors" in str(err.value)
+    assert opened == []  # nothing named in the config was ever opened
+    cfg_path.write_text(json.dumps(cfg))
+    assert ex.load_encoder(tmp_path / "b", "audio").modality == "audio"
+
+
+def test_missing_pretrained_file_is_an_export_error_naming_it(tmp_path: Path) -> None:
+    missing = tmp_path / "nowhere" / "weights.safetensors"
+    with pytest.raises(ex.ExportError) as err:
+        avssl.create_encoder("vit_audio_nano", pretrained=missing, **ENCODERS["vit"][1]["kwargs"])
+    assert err.value.path == str(missing) and "vit_audio_nano" in str(err.value)
+    assert isinstance(err.value, FileNotFoundError)  # still caught by code that expects FileNotFoundError
+
+
+def test_run_trained_from_pretrained_weights_exports_without_that_file(tmp_path: Path) -> None:
+    """model.<modality>.kwargs.pretrained in the training config initialised the encoder; the checkpoint holds the
+    trained weights, so exporting and loading never need the pretrained file again and bundles never name it."""
+    fake_checkpoint(tmp_path / "init.ckpt")
+    ex.export_checkpoint(tmp_path / "init.ckpt", tmp_path / "init")
+    init = tmp_path / "init" / "audio" / "model.safetensors"
+    model = fake_checkpoint(tmp_path / "m.ckpt")  # the "trained" weights
+    state = torch.load(tmp_path / "m.ckpt", weights_only=True)
+    state["hyper_parameters"]["model"]["audio"]["kwargs"]["pretrained"] = str(init)
+    torch.save(state, tmp_path / "m.ckpt")
+    import shutil
+
+    shutil.rmtree(tmp_path / "init")  # the pretrained file is gone (another machine, cleaned-up scratch)
+    ex.export_checkpoint(tmp_path / "m.ckpt", tmp_path / "b")
+    cfg = json.loads((tmp_path / "b" / "audio" / "config.json").read_text())
+    assert "pretrained" not in cfg["model"]["encoder"]["kwargs"]
+    assert cfg["provenance"]["pretrained"] == {"audio": str(init)}  # recorded as provenance only
+    _, a = inputs()
+    with torch.no_grad():
+        ref_a, _ = model.embed(*inputs())
+        for src in (tmp_path / "b", tmp_path / "m.ckpt"):
+            enc = avssl.load_encoder(src, "audio")
+            torch.testing.assert_close(enc(a.flatten(0, 1)), ref_a.flatten(0, 1), atol=1e-5, rtol=0)
+    assert avssl.load_encoder(tmp_path / "m.ckpt", "audio").provenance["pretrained"] == {"audio": str(init)}
+
+
 # --- with Lightning: the real training module -------------------------------------------------------------------
 
 OPTIMIZER = {

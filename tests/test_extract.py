@@ -117,6 +117,69 @@ def test_extract_cli_and_bad_inputs(
     assert main([str(tmp_path / "nobundle"), str(tmp_path / "in"), "--out", str(tmp_path / "o")]) == 1
 
 
+def _manifest(path: Path, files: list[Path]) -> Path:
+    from avssl.data.manifest import ManifestRow, write_manifest
+
+    write_manifest(path, [ManifestRow(path=str(f), start=0.0, end=1.0, split="train") for f in files])
+    return path
+
+
+def test_extract_outputs_are_unique_per_input(media: Path, bundle: Path, tmp_path: Path) -> None:
+    """Two files of one name outside the manifest's folder get two outputs (name + hash of the resolved path),
+    stable across runs; files inside it mirror their relative path."""
+    from avssl.evaluation.extract import extract, output_path, read_embeddings
+
+    srcs = sorted(media.parent.rglob("*.mp4"))
+    for sub, src in (("a", srcs[0]), ("b", srcs[2])):  # /data/a/clip.mp4 and /data/b/clip.mp4
+        (tmp_path / "data" / sub).mkdir(parents=True)
+        (tmp_path / "data" / sub / "clip.mp4").write_bytes(src.read_bytes())
+    (tmp_path / "lists" / "inside").mkdir(parents=True)
+    (tmp_path / "lists" / "inside" / "clip.mp4").write_bytes(srcs[4].read_bytes())
+    inputs = [tmp_path / "data" / "a" / "clip.mp4", tmp_path / "data" / "b" / "clip.mp4",
+              tmp_path / "lists" / "inside" / "clip.mp4"]
+    manifest = _manifest(tmp_path / "lists" / "m.csv", inputs)
+    rep = extract(bundle, manifest, tmp_path / "out", progress=False)
+    assert sorted(rep.written) == sorted(map(str, inputs)) and not rep.skipped and not rep.failed
+    outputs = {m: Path(p) for m, p in rep.outputs.items()}
+    assert len(set(outputs.values())) == 3
+    assert outputs[str(inputs[2])] == tmp_path / "out" / "inside" / "clip.mp4.npz"
+    for m in map(str, inputs[:2]):
+        assert outputs[m].name.startswith("clip.mp4.") and outputs[m].suffix == ".npz"
+        assert outputs[m] == output_path(m, manifest.parent, tmp_path / "out", "npz")  # stable
+        assert read_embeddings(outputs[m])["meta"]["path"] == m
+    a, b = (read_embeddings(outputs[str(m)]) for m in inputs[:2])
+    assert not np.allclose(a["video"], b["video"])  # two videos, two sets of embeddings
+    again = extract(bundle, manifest, tmp_path / "out", progress=False)
+    assert sorted(again.skipped) == sorted(map(str, inputs)) and not again.written
+
+
+def test_extract_collisions_are_errors_never_skips(
+    media: Path, bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    from avssl.cli.extract import main
+    from avssl.evaluation.extract import extract
+
+    srcs = sorted(media.parent.rglob("*.mp4"))
+    for root, src in (("one", srcs[0]), ("two", srcs[2])):
+        (tmp_path / root).mkdir()
+        (tmp_path / root / "clip.mp4").write_bytes(src.read_bytes())
+    assert extract(bundle, tmp_path / "one", tmp_path / "out", progress=False).written
+    written = (tmp_path / "out" / "clip.mp4.npz").read_bytes()
+    # another input whose output name is taken by the first one's: an error naming both, nothing overwritten
+    with pytest.raises(ValueError, match="clip.mp4.npz") as err:
+        extract(bundle, tmp_path / "two", tmp_path / "out", progress=False)
+    assert str(tmp_path / "one" / "clip.mp4") in str(err.value) and str(tmp_path / "two" / "clip.mp4") in str(err.value)
+    assert (tmp_path / "out" / "clip.mp4.npz").read_bytes() == written
+    assert main([str(bundle), str(tmp_path / "two"), "--out", str(tmp_path / "out"), "--no-progress"]) == 1
+    assert "avssl-extract: error:" in capsys.readouterr().err
+    # one file listed under two names (a symbolic link): refused before anything is written
+    (tmp_path / "alias").symlink_to(tmp_path / "two", target_is_directory=True)
+    manifest = _manifest(tmp_path / "m.csv", [tmp_path / "two" / "clip.mp4", tmp_path / "alias" / "clip.mp4"])
+    with pytest.raises(ValueError, match="same output"):
+        extract(bundle, manifest, tmp_path / "out2", progress=False)
+    assert not (tmp_path / "out2").exists()
+
+
 def test_export_cli(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     from avssl.cli.export import main
 

@@ -1,7 +1,10 @@
 """``avssl-extract``: embeddings for every window of every video in a folder or manifest.
 
 Writes one file per video under ``--out`` (NumPy ``.npz`` or Parquet) with each window's start and end
-(seconds, file clock) and its L2-normalised video and audio embeddings. A re-run skips files already written.
+(seconds, file clock) and its L2-normalised video and audio embeddings: ``OUT/<path relative to the input folder or
+the manifest's folder>.npz``, or ``OUT/_outside_root/<name>.<hash of the resolved path>.npz`` for files elsewhere.
+A re-run skips files already written for the same input; two inputs sharing an output, or an output written for
+another input, stop the run with an error before anything is written.
 """
 
 from __future__ import annotations

@@ -1,7 +1,10 @@
 """Map-style datasets of S-segment audio-visual clips cut from one decoded window (see docs/manifest.md).
 
 A sample is the dict of docs/architecture.md plus ``num_skipped`` (int64 scalar): how many broken items were
-passed over to produce it. Summing ``batch["num_skipped"]`` in the training loop counts skips across DataLoader
+passed over to produce it, ``bad_files`` (str): the newline-separated paths of the files newly found broken while
+producing it (usually empty; ``AVSSLModule`` counts each file once, across workers and ranks, as
+``data/bad_files``), and ``video_id`` (int64 scalar): a stable id of its source file (``sampling.video_id``), which
+the ``cross_video`` negatives use. Summing ``batch["num_skipped"]`` counts skip events across DataLoader
 workers; each process also keeps ``bad_items`` (index -> reason) and raises ``TooManyBadFiles`` when more than
 ``max_bad_fraction`` of the items it has tried are broken.
 """
@@ -32,6 +35,7 @@ from avssl.data.sampling import (
     clip_start,
     hash_uniform,
     uniform_clip_starts,
+    video_id,
 )
 from avssl.data.transforms import SpecAugment, VideoTransform
 from avssl.data.types import AVWindow
@@ -185,6 +189,7 @@ class AVClipDataset(Dataset[dict[str, Any]]):
         n = len(self._items)
         if not 0 <= index < n:
             raise IndexError(f"AVClipDataset index {index} out of range [0, {n})")
+        found: dict[str, None] = {}  # files newly found broken by this call (ordered, distinct)
         for skipped in range(n):
             j = (index + skipped) % n
             if j in self.bad_items:
@@ -193,9 +198,11 @@ class AVClipDataset(Dataset[dict[str, Any]]):
             try:
                 sample = self._load(j)
             except MediaError as e:
-                self._mark_bad(j, e)
+                found[self._mark_bad(j, e)] = None
                 continue
             sample["num_skipped"] = torch.tensor(skipped, dtype=torch.int64)
+            sample["bad_files"] = "\n".join(found)
+            sample["video_id"] = torch.tensor(video_id(sample["path"]), dtype=torch.int64)
             return sample
         raise TooManyBadFiles(f"AVClipDataset: all {n} items failed to decode; first: {self._first_bad()}")
 
@@ -203,7 +210,8 @@ class AVClipDataset(Dataset[dict[str, Any]]):
     def _first_bad(self) -> str:
         return next(iter(self.bad_items.values()), "none")
 
-    def _mark_bad(self, j: int, err: Exception) -> None:
+    def _mark_bad(self, j: int, err: Exception) -> str:
+        """Record item ``j`` as broken (never retried by this process); returns its file's path."""
         path = self.rows[self._items[j][0]].path
         reason = str(err) if path in str(err) else f"{path}: {err}"
         self.bad_items[j] = reason  # never retried by this process, so logged once
@@ -214,6 +222,7 @@ class AVClipDataset(Dataset[dict[str, Any]]):
                 f"{len(self.bad_items)} of {len(self._tried)} items tried could not be decoded (more than "
                 f"max_bad_fraction={self.max_bad_fraction}); e.g. {reason}"
             )
+        return path
 
     def _generator(self, what: str, index: int) -> torch.Generator:
         key = int(hash_uniform(what, self.seed, self.epoch, index) * 2.0**53)

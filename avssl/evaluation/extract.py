@@ -1,12 +1,16 @@
 """Embeddings of every window of every video in a folder or manifest, written next to their timestamps.
 
-One output file per input video (``<out>/<relative path>.npz`` or ``.parquet``), written atomically, so a re-run
-skips finished files. NumPy files hold ``start``, ``end`` (seconds, file clock) and ``video``, ``audio`` ([W, D]
+One output file per input video, written atomically, so a re-run skips finished files: ``<out>/<path relative to
+the root>.npz`` (or ``.parquet``) for a file under the root (the input folder, or the manifest's folder), and
+``<out>/_outside_root/<name>.<hash>.npz`` for a file elsewhere (``hash``: 12 hex digits of the SHA-256 of its
+resolved path), so that every input has its own output. Two inputs that would share an output, or an existing
+output written for another input, are errors, never skips. NumPy files hold ``start``, ``end`` (seconds, file clock) and ``video``, ``audio`` ([W, D]
 float32, L2-normalised); Parquet files hold one row per window with the same columns (embeddings as lists).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -23,15 +27,18 @@ from avssl.evaluation.sources import EvalItem, items_from_folder, items_from_man
 
 log = logging.getLogger("avssl.extract")
 FORMATS = ("npz", "parquet")
+OUTSIDE_ROOT = "_outside_root"  # output sub-folder of the files outside the root
 
 
 @dataclass
 class ExtractReport:
-    """What a run did: files written, skipped (already done) and failed (with the reason)."""
+    """What a run did: files written, skipped (already done) and failed (with the reason), and the output file of
+    every input (``outputs``: input path -> output path)."""
 
     written: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
+    outputs: dict[str, str] = field(default_factory=dict)
 
 
 def _spans(input_path: Path) -> tuple[dict[str, list[tuple[float, float]]], Path, dict[str, str]]:
@@ -56,13 +63,64 @@ def _spans(input_path: Path) -> tuple[dict[str, list[tuple[float, float]]], Path
 
 
 def output_path(media: str, root: Path, out_dir: Path, fmt: str) -> Path:
-    """Where the embeddings of ``media`` go: its path relative to ``root`` (else its name) under ``out_dir``."""
+    """Where the embeddings of ``media`` go under ``out_dir``: its resolved path relative to ``root``, or, outside
+    ``root``, ``_outside_root/<name>.<first 12 hex digits of the SHA-256 of the resolved path>``; ``.<fmt>`` added.
+
+    Distinct resolved paths give distinct outputs, and the same path always gives the same output."""
     p = Path(os.path.realpath(media))
     try:
         rel = p.relative_to(os.path.realpath(root))
     except ValueError:
-        rel = Path(p.name)
+        digest = hashlib.sha256(os.fsencode(p)).hexdigest()[:12]
+        rel = Path(OUTSIDE_ROOT) / f"{p.name}.{digest}"
     return out_dir / rel.with_name(rel.name + f".{fmt}")
+
+
+def _recorded_source(path: Path) -> str:
+    """The input path an existing output file was written for (its ``meta``), reading only the metadata."""
+    try:
+        if path.suffix == ".npz":
+            with np.load(path) as z:
+                meta = json.loads(str(z["meta"]))
+        else:
+            import pyarrow.parquet as pq
+
+            meta = json.loads((pq.read_schema(path).metadata or {}).get(b"avssl", b"{}"))
+        source = meta.get("source_realpath") or meta["path"]
+    except Exception as e:  # noqa: BLE001 - any unreadable file at an output name is refused, whatever the cause
+        raise ValueError(
+            f"{path}: exists but is not a readable avssl-extract output ({type(e).__name__}: {e}); refusing to "
+            "skip or overwrite it (remove it, or choose another --out)"
+        ) from e
+    return str(source)
+
+
+def plan_outputs(media: list[str], root: Path, out_dir: Path, fmt: str) -> tuple[dict[str, Path], list[str]]:
+    """The output of every input and the inputs already done. Raises ``ValueError`` naming the files when two
+    inputs map to one output, or an existing output was written for another input; nothing is written."""
+    targets: dict[str, Path] = {}
+    by_target: dict[Path, str] = {}
+    for m in media:
+        t = output_path(m, root, out_dir, fmt)
+        if t in by_target:
+            raise ValueError(
+                f"{by_target[t]} and {m} map to the same output {t} (one file listed under two names, e.g. "
+                "through a symbolic link?); list each file once"
+            )
+        by_target[t] = m
+        targets[m] = t
+    done = []
+    for m, t in targets.items():
+        if not (t.exists() or t.is_symlink()):
+            continue
+        recorded = _recorded_source(t)
+        if os.path.realpath(recorded) != os.path.realpath(m):
+            raise ValueError(
+                f"{t}: already holds the embeddings of {recorded}, not of {m}; refusing to skip or overwrite it "
+                "(choose another --out, or remove the file)"
+            )
+        done.append(m)
+    return targets, done
 
 
 def _write(path: Path, data: dict[str, np.ndarray], meta: dict[str, Any], fmt: str) -> None:
@@ -123,7 +181,8 @@ def extract(
 ) -> ExtractReport:
     """Embed every ``window`` (default: one model segment) every ``hop`` (default: ``window``) seconds of each video.
 
-    Files that fail to decode are reported in ``failed`` and the run goes on; existing outputs are skipped.
+    Files that fail to decode are reported in ``failed`` and the run goes on; existing outputs of the same inputs
+    are skipped. Output names: see :func:`output_path`; collisions raise ``ValueError`` before anything is written.
     """
     if fmt not in FORMATS:
         raise ValueError(f"format must be one of {FORMATS}, got {fmt!r}")
@@ -145,11 +204,11 @@ def extract(
         "hop": hop,
         "segment_duration": pair.segment_duration,
     }
-    for media in tqdm(sorted(spans), desc="extract", disable=not progress):
-        target = output_path(media, root, out, fmt)
-        if target.exists():
-            report.skipped.append(media)
-            continue
+    targets, done = plan_outputs(sorted(spans), root, out, fmt)
+    report.outputs = {m: str(t) for m, t in targets.items()}
+    report.skipped.extend(done)
+    for media in tqdm(sorted(set(spans) - set(done)), desc="extract", disable=not progress):
+        target = targets[media]
         starts = sorted({t for a, b in spans[media] for t in window_starts(a, b, window, hop)})
         try:
             if starts:
@@ -166,9 +225,9 @@ def extract(
             "video": v.float().numpy(),
             "audio": a.float().numpy(),
         }
-        _write(target, data, {**meta_common, "path": media}, fmt)
+        _write(target, data, {**meta_common, "path": media, "source_realpath": os.path.realpath(media)}, fmt)
         report.written.append(media)
     return report
 
 
-__all__ = ["FORMATS", "ExtractReport", "output_path", "read_embeddings", "extract"]
+__all__ = ["FORMATS", "OUTSIDE_ROOT", "ExtractReport", "output_path", "plan_outputs", "read_embeddings", "extract"]

@@ -23,6 +23,7 @@ from torch import Tensor, nn
 import avssl
 from avssl.lit.optim import build_optimizer
 from avssl.models.build import INPUT_SIZE_KWARGS, build_pretrain_model, encoder_kwargs  # noqa: F401
+from avssl.objectives.contrastive import clamp_temperatures
 from avssl.objectives.metrics import retrieval_top1, sync_acc
 
 VAL_MASK_SEED = 1234  # masks in validation are drawn from generators seeded with VAL_MASK_SEED + batch_idx
@@ -34,7 +35,9 @@ class AVSSLModule(pl.LightningModule):
     Logged metrics (``train/…`` per step and epoch, ``val/…`` per epoch over the whole val set): ``loss``, each
     loss term the model reports (``loss_sync``, ``recon_video``, ``recon_baseline_video``, …), ``sync_acc``
     (+ ``_a2v``, ``_v2a``) and ``retrieval_top1`` (+ directions; val: over full batches of ``val_batch_size``
-    clips only), and ``data/bad_files``.
+    clips only), and ``data/bad_files`` (distinct files found undecodable so far, over workers and ranks).
+
+    Learnable temperatures are clamped in place right after each optimiser step (:meth:`optimizer_step`).
     """
 
     def __init__(
@@ -52,6 +55,8 @@ class AVSSLModule(pl.LightningModule):
         self.model = build_pretrain_model(model, objective, preprocessing)
         self.retrieval_batch = int(preprocessing.get("val_batch_size", 16))
         self._compiled = False
+        self.bad_files: set[str] = set()  # this rank's distinct undecodable files (from batch["bad_files"])
+        self._counts_bad_files = False  # True once a batch carried "bad_files" (map-style datasets do)
 
     @classmethod
     def from_config(cls, cfg: dict[str, Any], preprocessing: dict[str, Any]) -> AVSSLModule:
@@ -101,10 +106,40 @@ class AVSSLModule(pl.LightningModule):
                      sync_dist=not on_step)
 
     def _log_bad_files(self, batch: dict[str, Any]) -> None:
+        """Collect the broken files a batch reports. ``batch["bad_files"]`` (``AVClipDataset``): per sample the
+        newline-separated paths its worker newly found undecodable; they are counted once each, across workers
+        and (at epoch end) ranks. A batch without it (shard data) counts its skipped samples instead."""
+        found = batch.get("bad_files")
+        if isinstance(found, (list, tuple)):
+            self._counts_bad_files = True
+            self.bad_files.update(p for entry in found for p in str(entry).split("\n") if p)
+            return
         skipped = batch.get("num_skipped")
         if isinstance(skipped, Tensor):
             self.log("data/bad_files", skipped.sum().float(), on_step=False, on_epoch=True, reduce_fx="sum",
                      batch_size=1, sync_dist=True)
+
+    def _log_bad_file_count(self) -> None:
+        if not self._counts_bad_files:
+            return
+        files = self.bad_files
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            gathered: list[Any] = [None] * torch.distributed.get_world_size()
+            torch.distributed.all_gather_object(gathered, sorted(files))
+            files = set().union(*gathered)
+        self.log("data/bad_files", float(len(files)), on_step=False, on_epoch=True, batch_size=1)
+
+    def on_train_epoch_end(self) -> None:
+        self._log_bad_file_count()
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_bad_file_count()
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["avssl_bad_files"] = sorted(self.bad_files)  # this rank's; a list of str loads weights_only
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.bad_files = set(checkpoint.get("avssl_bad_files", []))
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         out = self.model(batch, generator=None)
@@ -119,7 +154,11 @@ class AVSSLModule(pl.LightningModule):
         bsz = int(batch["video"].shape[0])
         logs = {k: v for k, v in out.logs.items() if not k.startswith(("sync_acc", "retrieval_top1"))}
         logs["loss"] = out.loss.detach()
-        emb = self.segment_embeddings(batch["video"], batch["audio"])
+        model: Any = self.model
+        if model.heads is not None and out.audio_emb is not None and out.video_emb is not None:
+            emb: tuple[Tensor, Tensor] | None = (out.audio_emb, out.video_emb)  # the loss's, unmasked: encode once
+        else:  # joint-contrastive embeddings in forward come from masked inputs: the metrics use unmasked ones
+            emb = self.segment_embeddings(batch["video"], batch["audio"])
         if emb is not None:
             a, v = emb
             logs.update(sync_acc(a, v))
@@ -150,6 +189,12 @@ class AVSSLModule(pl.LightningModule):
         return out[0], out[1]
 
     # --- optimisation ---------------------------------------------------------------------------------------
+
+    def optimizer_step(self, epoch: int, batch_idx: int, optimizer: Any, optimizer_closure: Any = None) -> None:
+        """The step, then every learnable temperature clamped in place to its bounds (CLIP, Synchformer), before
+        any callback (a checkpoint) sees the weights."""
+        super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
+        clamp_temperatures(self.model)
 
     def configure_optimizers(self) -> Any:
         total = int(self.trainer.estimated_stepping_batches) if self._trainer is not None else 1

@@ -118,8 +118,6 @@ def create_encoder(name: str, pretrained: str | os.PathLike[str] | None = None, 
 
 
 def _load_pretrained(encoder: Encoder, name: str, path: str) -> None:
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"{path}: pretrained weights for encoder {name!r} not found")
     try:
         export = importlib.import_module("avssl.export")
     except ModuleNotFoundError as err:
@@ -129,6 +127,8 @@ def _load_pretrained(encoder: Encoder, name: str, path: str) -> None:
             f"{path}: cannot load pretrained weights for encoder {name!r}: the loader module avssl.export is not "
             "available in this installation"
         ) from err
+    if not os.path.exists(path):  # an ExportError naming the file, and a FileNotFoundError
+        raise export.MissingFileError(path, f"pretrained weights for encoder {name!r} not found (no such file or folder)")
     loader = getattr(export, "load_encoder_weights", None)
     if loader is None:
         raise RuntimeError(
