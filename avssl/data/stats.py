@@ -23,10 +23,10 @@ import torch
 from avssl.data.atomic import atomic_open
 from avssl.data.features import FbankConfig, log_mel, valid_frames
 from avssl.data.sampling import hash_uniform
+from avssl.data.sources import MEDIA_EXTENSIONS, find_media  # re-exported: the one list and folder walk
 
 __all__ = ["MEDIA_EXTENSIONS", "RunningMoments", "compute_stats", "find_media", "main", "read_rows"]
 
-MEDIA_EXTENSIONS = (".mp4", ".mkv", ".webm", ".mov", ".avi", ".m4v")
 
 # reader(path, start, duration, sample_rate) -> (audio float32 [S], audio_valid bool [S])
 AudioReader = Callable[[str, float, float, int], tuple[torch.Tensor, torch.Tensor]]
@@ -90,15 +90,6 @@ def _media_span(path: str) -> tuple[float, float]:
     if info.duration is None or not info.duration > 0:
         raise ValueError(f"{path}: duration unknown or zero, cannot place windows")
     return 0.0, float(info.duration)
-
-
-def find_media(folder: str | os.PathLike[str], extensions: Iterable[str] = MEDIA_EXTENSIONS) -> list[str]:
-    """Media files under ``folder`` (recursive), sorted."""
-    root = Path(folder)
-    if not root.is_dir():
-        raise FileNotFoundError(f"{root}: not a folder")
-    exts = {e.lower() if e.startswith(".") else "." + e.lower() for e in extensions}
-    return sorted(str(p) for p in root.rglob("*") if p.is_file() and p.suffix.lower() in exts)
 
 
 def read_rows(manifest: str | os.PathLike[str], split: str | None = None) -> list[tuple[str, float, float]]:
@@ -261,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
     src = Path(args.source)
     try:
         if src.is_dir():
-            sources: list[Any] = list(find_media(src))
+            sources: list[Any] = [str(p) for p in find_media(src)]
         elif src.is_file():
             sources = list(read_rows(src, args.split))
         else:

@@ -7,6 +7,9 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from avssl.data.manifest import ManifestRow
+from avssl.data.sources import get_source, source_rows
+
 
 @dataclass
 class EvalItem:
@@ -24,33 +27,23 @@ class EvalItem:
         return self.end - self.start
 
 
-def items_from_manifest(path: str | os.PathLike[str], label_column: str = "label") -> list[EvalItem]:
-    """Rows of an avssl manifest (excluded rows left out)."""
-    from avssl.data.manifest import read_manifest
+def item_from_row(row: ManifestRow, label_column: str = "label") -> EvalItem:
+    """The evaluation view of a row of any data source (``avssl.data.sources``)."""
     from avssl.data.orient import row_orient
 
-    out = []
-    for r in read_manifest(path):
-        if r.exclude:
-            continue
-        label = r.get(label_column)
-        out.append(
-            EvalItem(
-                r.path, float(r.start), float(r.end), label if label not in (None, "") else None, r.split,
-                str(row_orient(r)),
-            )
-        )
-    return out
+    label = row.get(label_column)
+    return EvalItem(row.path, float(row.start), float(row.end), label if label not in (None, "") else None,
+                    row.split, str(row_orient(row)))
+
+
+def items_from_manifest(path: str | os.PathLike[str], label_column: str = "label") -> list[EvalItem]:
+    """Rows of an avssl manifest (excluded rows left out)."""
+    return [item_from_row(r, label_column) for r in source_rows("manifest", path).rows if not r.exclude]
 
 
 def items_from_folder(root: str | os.PathLike[str]) -> list[EvalItem]:
     """Every decodable video under ``root`` (whole files), labelled by their first sub-folder name."""
-    from avssl.data.datasets import scan_folder
-
-    return [
-        EvalItem(r.path, float(r.start), float(r.end), r.get("label") or None, r.split)
-        for r in scan_folder(root)
-    ]
+    return [item_from_row(r) for r in source_rows("folder", root).rows]
 
 
 def apply_labels_csv(items: list[EvalItem], csv_path: str | os.PathLike[str]) -> list[EvalItem]:
@@ -85,24 +78,15 @@ def resolve_items(
     demo_kwargs: dict | None = None,
     max_items: int | None = None,
 ) -> list[EvalItem]:
-    """Items of ``source`` ("demo", "folder" or "manifest"), optionally relabelled and capped to the first
+    """Items of a registered map-style ``source`` (``avssl.data.sources``: "demo", "folder", "manifest"), optionally relabelled and capped to the first
     ``max_items`` of each split (deterministic)."""
-    if source == "demo":
-        from avssl.data.demo import ensure_demo_dataset
-
-        cache = (demo_kwargs or {}).get("cache_dir")
-        params = {k: v for k, v in (demo_kwargs or {}).items() if k != "cache_dir"}
-        items = items_from_manifest(ensure_demo_dataset(cache, **params))
-    elif source == "folder":
-        if not path:
-            raise ValueError("data.path must name a folder of videos for data.source=folder")
-        items = items_from_folder(path)
-    elif source == "manifest":
-        if not path:
-            raise ValueError("data.path must name a manifest file for data.source=manifest")
-        items = items_from_manifest(path)
-    else:
-        raise ValueError(f"data.source must be 'demo', 'folder' or 'manifest', got {source!r}")
+    src = get_source(source)  # the registry: demo | folder | manifest (shards are for training only)
+    if src.streaming:
+        raise ValueError(f"data.source={source!r} is streamed for training; evaluate a manifest or folder")
+    if src.needs_path and not path:
+        raise ValueError(f"data.path must be set for data.source={source!r}")
+    rows = source_rows(source, path, {"demo": dict(demo_kwargs or {})}).rows
+    items = [item_from_row(r) for r in rows if not r.exclude]
     if labels_csv:
         items = apply_labels_csv(items, labels_csv)
     if max_items is not None:  # the first N of each split, so that every split stays represented
@@ -118,4 +102,4 @@ def resolve_items(
     return items
 
 
-__all__ = ["EvalItem", "items_from_manifest", "items_from_folder", "apply_labels_csv", "resolve_items"]
+__all__ = ["EvalItem", "item_from_row", "items_from_manifest", "items_from_folder", "apply_labels_csv", "resolve_items"]

@@ -1,0 +1,66 @@
+"""Data sources as one registry (avssl.data.sources): one row type, one extension list, one folder walk."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+from mediagen import make_av_file
+
+from avssl.data import sources
+from avssl.data.datasets import VIDEO_EXTENSIONS, scan_folder
+from avssl.data.manifest import ManifestRow
+from avssl.data.stats import MEDIA_EXTENSIONS as STATS_EXTENSIONS
+from avssl.evaluation.sources import resolve_items
+
+
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("tree") / "clips"
+    for i in range(6):
+        (root / ("dog" if i % 2 else "cat")).mkdir(parents=True, exist_ok=True)
+        make_av_file(root / ("dog" if i % 2 else "cat") / f"c{i}.mp4", duration=1.0, size=(64, 48))
+    (root / "notes.txt").write_text("not media")
+    return root
+
+
+def test_one_extension_list_and_walk(tree: Path):
+    assert VIDEO_EXTENSIONS is sources.MEDIA_EXTENSIONS and STATS_EXTENSIONS is sources.MEDIA_EXTENSIONS
+    found = sources.find_media(tree)
+    assert [p.name for p in found] == ["c0.mp4", "c2.mp4", "c4.mp4", "c1.mp4", "c3.mp4", "c5.mp4"]
+    assert [r.path for r in scan_folder(tree)] == [str(p) for p in found]
+
+
+def test_registry_lists_and_refuses_unknown_sources():
+    assert {"demo", "folder", "manifest", "shards"} <= set(sources.available_sources())
+    assert sources.get_source("shards").streaming
+    with pytest.raises(ValueError, match=r"data.source must be one of .*'folder'.*got 'folderz'"):
+        sources.get_source("folderz")
+    with pytest.raises(ValueError, match="data.path must be set"):
+        sources.source_rows("folder")
+
+
+def test_folder_split_is_keyed_by_the_relative_path(tree: Path, tmp_path: Path):
+    a = sources.source_rows("folder", tree, {"val_fraction": 0.5, "seed": 3}).rows
+    moved = tmp_path / "elsewhere" / "renamed"
+    shutil.copytree(tree, moved)
+    b = sources.source_rows("folder", moved, {"val_fraction": 0.5, "seed": 3}).rows
+    split = {Path(r.path).relative_to(tree).as_posix(): r.split for r in a}
+    assert split == {Path(r.path).relative_to(moved).as_posix(): r.split for r in b}
+    assert set(split.values()) == {"train", "val"}
+
+
+def test_a_registered_source_reaches_evaluation(tree: Path):
+    @sources.register_source("test_listing")
+    def _listing(path, options):  # noqa: ANN001, ANN202 - a user's source: a text file of clip paths
+        return sources.SourceRows([ManifestRow(path=line, start=0.0, end=1.0, meta={"label": "x"})
+                                   for line in Path(path).read_text().split()])
+
+    try:
+        listing = tree.parent / "list.txt"
+        listing.write_text("\n".join(str(p) for p in sources.find_media(tree)))
+        items = resolve_items("test_listing", str(listing))
+        assert len(items) == 6 and {it.label for it in items} == {"x"}
+    finally:
+        sources._SOURCES.pop("test_listing")
