@@ -37,14 +37,13 @@ from avssl.data.sampling import (
     uniform_clip_starts,
     video_id,
 )
+from avssl.data.sources import MEDIA_EXTENSIONS, find_media
 from avssl.data.transforms import SpecAugment, VideoTransform
 from avssl.data.types import AVWindow
 
 log = logging.getLogger(__name__)
 
-VIDEO_EXTENSIONS: tuple[str, ...] = (
-    ".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".ts", ".mts", ".flv", ".wmv", ".3gp", ".ogv",
-)
+VIDEO_EXTENSIONS = MEDIA_EXTENSIONS  # the one list (avssl.data.sources); this name is kept as an alias
 _MIN_TRIED = 20  # the bad fraction is judged over at least this many items (or all of them if fewer)
 
 Mode = Literal["random", "uniform", "center"]
@@ -320,7 +319,6 @@ def scan_folder(
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"scan_folder: {root} is not a directory")
-    exts = {e.lower() if e.startswith(".") else "." + e.lower() for e in extensions}
     cache_path = Path(cache_file) if cache_file is not None else _probe_cache_path(root)
     try:
         cache: dict[str, Any] = json.loads(cache_path.read_text()) if cache_path.is_file() else {}
@@ -329,8 +327,7 @@ def scan_folder(
         cache = {}
     new_cache: dict[str, Any] = {}
     rows: list[ManifestRow] = []
-    files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in exts
-                   and ".avssl_cache" not in p.parts)
+    files = find_media(root, extensions)
     for p in files:
         rel = p.relative_to(root).as_posix()
         st = p.stat()
