@@ -280,14 +280,14 @@ def test_undecodable_samples_are_replaced_so_ranks_stay_even(shard_dir: Path, tm
     bad = set(rank0_keys[:2])  # in rank 0's first batch
     _corrupt_copy(shard_dir / "out", tmp_path / "bad", bad)
     bad_index = ShardIndex.load(tmp_path / "bad", "train")
-    counts, replaced = [], 0
-    for rank in range(2):
-        ds = ShardedClipDataset(bad_index, **kw, rank=rank)  # type: ignore[arg-type]
-        batches = list(DataLoader(ds, batch_size=2))
+    per_rank = [list(DataLoader(ShardedClipDataset(bad_index, **kw, rank=r), batch_size=2))  # type: ignore[arg-type]
+                for r in range(2)]
+    plan = ShardedClipDataset(bad_index, **kw, rank=0).plan()  # type: ignore[arg-type]
+    assert [len(b) for b in per_rank] == plan.batches_per_rank == [3, 3]  # equal, whatever failed
+    assert sum(int(b["num_replaced"].sum()) for bs in per_rank for b in bs) == 2  # reported as data/replaced
+    for rank, batches in enumerate(per_rank):
         assert all(len(b["key"]) == 2 for b in batches)
         assert not bad & {k for b in batches for k in b["key"]}
-        counts.append(len(batches))
-        replaced += int(sum(b["num_replaced"].sum() for b in batches))
         if rank == 0:
             full = [list(b["key"]) for b in batches]
             loader = ResumableDataLoader(ShardedClipDataset(bad_index, **kw, rank=0), batch_size=2)  # type: ignore[arg-type]
@@ -298,9 +298,6 @@ def test_undecodable_samples_are_replaced_so_ranks_stay_even(shard_dir: Path, tm
             again = ResumableDataLoader(ShardedClipDataset(bad_index, **kw, rank=0), batch_size=2)  # type: ignore[arg-type]
             again.load_state_dict(state)
             assert head + [list(b["key"]) for b in again] == full
-    plan = ShardedClipDataset(bad_index, **kw, rank=0).plan()  # type: ignore[arg-type]
-    assert counts == plan.batches_per_rank  # [3, 3]: equal, whatever failed
-    assert replaced == 2
 
 
 def test_shards_written_at_other_settings_are_refused(shard_dir: Path):
