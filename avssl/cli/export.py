@@ -36,7 +36,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         written = export_checkpoint(args.checkpoint, args.out, modalities)
     except (ExportError, ValueError) as e:
-        print(f"avssl-export: error: {e}", file=sys.stderr)
+        one_line = " ".join(ln.strip() for ln in str(e).splitlines())  # one line, also for multi-line messages
+        print(f"avssl-export: error: {one_line}", file=sys.stderr)
         return 1
     except OSError as e:  # disk full, permissions: the previous bundle, if any, is left as it was
         where = f"{e.filename}: " if e.filename else ""
