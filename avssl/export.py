@@ -175,148 +175,9 @@ def load_state_dict_strict(
         ) from e
 
 
-# --- preprocessing ------------------------------------------------------------------------------------------------
+# --- preprocessing: avssl.data.preprocess (the one cutter, shared with training) ------------------------------
 
-
-def _fbank_config(pre: Mapping[str, Any]) -> Any:
-    """``FbankConfig`` from a preprocessing dict (its ``fbank`` fields, statistics included)."""
-    import dataclasses
-
-    from avssl.data.features import FbankConfig
-
-    fields = {f.name for f in dataclasses.fields(FbankConfig)}
-    kw = {k: v for k, v in dict(pre.get("fbank") or {}).items() if k in fields}
-    unknown = sorted(set(dict(pre.get("fbank") or {})) - fields)
-    if unknown:
-        raise ValueError(
-            f"preprocessing.fbank has unknown field(s) {unknown}; FbankConfig accepts {sorted(fields)}"
-        )
-    if "sample_rate" in pre:
-        kw["sample_rate"] = int(pre["sample_rate"])
-    return FbankConfig(**kw)
-
-
-def _segments_in(duration: float, segment: float) -> int:
-    return max(1, int(duration / segment + 1e-6))
-
-
-class Preprocessor:
-    """Raw media -> model input, through ``avssl.data`` (the same code as training, evaluation mode).
-
-    ``pre`` is the preprocessing a checkpoint carries (``avssl.lit.datamodule.preprocessing_from_data``):
-    ``segment_duration``, ``fps``, ``frame_size``, ``video_mean``/``video_std``, ``sample_rate`` and ``fbank``
-    (``FbankConfig`` fields with the normalisation statistics).
-    """
-
-    def __init__(self, pre: Mapping[str, Any]):
-        missing = [k for k in ("segment_duration", "fps", "frame_size", "sample_rate") if k not in pre]
-        if missing:
-            raise ValueError(f"preprocessing settings lack {missing}")
-        self.config = dict(pre)
-        self.segment_seconds = float(pre["segment_duration"])
-        self.fps = float(pre["fps"])
-        self.num_frames = max(1, round(self.segment_seconds * self.fps))
-        self.sample_rate = int(pre["sample_rate"])
-        self.num_samples = round(self.segment_seconds * self.sample_rate)
-        self.fbank = _fbank_config(pre)
-        size = pre["frame_size"]
-        self.frame_size = (
-            (int(size), int(size)) if isinstance(size, (int, float)) else tuple(int(s) for s in size)
-        )
-        from avssl.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-
-        self.video_mean = tuple(float(x) for x in pre.get("video_mean", IMAGENET_MEAN))
-        self.video_std = tuple(float(x) for x in pre.get("video_std", IMAGENET_STD))
-
-    def video(
-        self,
-        frames: Tensor,
-        *,
-        fps: float | None = None,
-        times: Tensor | None = None,
-        start: float | None = None,
-        num_segments: int | None = None,
-    ) -> Tensor:
-        """uint8 frames ``[T, H, W, 3]`` (with ``fps`` or their ``times`` in seconds) -> ``[N, 3, T', h, w]``.
-
-        The input is cut into ``N`` consecutive segments of ``segment_duration`` from ``start`` (default: the first
-        frame's time; ``N`` default: as many as the frames span); each segment samples the frame on screen at
-        ``segment_start + j / fps_model``.
-        """
-        from avssl.data.transforms import VideoTransform
-
-        frames = torch.as_tensor(frames)
-        if frames.dtype != torch.uint8 or frames.ndim != 4 or frames.shape[-1] != 3 or frames.shape[0] == 0:
-            raise ValueError(f"expected uint8 frames [T, H, W, 3], got {frames.dtype} {tuple(frames.shape)}")
-        if (fps is None) == (times is None):
-            raise ValueError("give exactly one of fps= or times= with the frames")
-        t = (
-            (torch.arange(frames.shape[0], dtype=torch.float64) / float(fps))  # type: ignore[arg-type]
-            if times is None
-            else (torch.as_tensor(times, dtype=torch.float64).flatten())
-        )
-        if t.numel() != frames.shape[0]:
-            raise ValueError(f"{t.numel()} frame times for {frames.shape[0]} frames")
-        if bool((t[1:] < t[:-1]).any()):
-            raise ValueError("frame times must be non-decreasing")
-        t0 = float(t[0]) if start is None else float(start)
-        span = (
-            float(t[-1])
-            - t0
-            + (
-                1.0 / float(fps)
-                if fps is not None
-                else float(t[1] - t[0])
-                if t.numel() > 1
-                else 1.0 / self.fps
-            )
-        )
-        n_seg = _segments_in(span, self.segment_seconds) if num_segments is None else int(num_segments)
-        k = torch.arange(n_seg, dtype=torch.float64).unsqueeze(1) * self.segment_seconds
-        targets = t0 + k + torch.arange(self.num_frames, dtype=torch.float64) / self.fps  # [N, T']
-        idx = (torch.searchsorted(t, targets.flatten() + 1e-6, right=True) - 1).clamp(0, frames.shape[0] - 1)
-        clips = frames[idx].reshape(n_seg, self.num_frames, *frames.shape[1:])
-        transform = VideoTransform(
-            size=self.frame_size, train=False, mean=self.video_mean, std=self.video_std
-        )
-        return transform(clips)
-
-    def audio(self, waveform: Tensor, sample_rate: int) -> Tensor:
-        """Waveform ``[S]`` or ``[C, S]`` (float in [-1, 1]) at ``sample_rate`` -> log-mel ``[N, 1, F, M]``.
-
-        Multi-channel audio is averaged to mono, resampled to the model's rate, and cut into ``N`` consecutive
-        segments (a short tail is zero-padded to one segment only when the input is shorter than one segment).
-        """
-        from avssl.data.features import log_mel, normalize
-
-        wav = torch.as_tensor(waveform)
-        if not wav.is_floating_point() or wav.ndim not in (1, 2) or wav.shape[-1] == 0:
-            raise ValueError(f"expected a float waveform [S] or [C, S], got {wav.dtype} {tuple(wav.shape)}")
-        wav = wav.float()
-        if wav.ndim == 2:
-            wav = wav.mean(dim=0)
-        if int(sample_rate) != self.sample_rate:
-            wav = resample(wav, int(sample_rate), self.sample_rate)
-        n_seg = _segments_in(wav.shape[0] / self.sample_rate, self.segment_seconds)
-        need = n_seg * self.num_samples
-        if wav.shape[0] < need:
-            wav = torch.nn.functional.pad(wav, (0, need - wav.shape[0]))
-        segs = wav[:need].reshape(n_seg, self.num_samples)
-        spec = normalize(log_mel(segs, self.fbank), self.fbank)  # [N, F, M]
-        return spec.unsqueeze(1).float()
-
-
-def resample(waveform: Tensor, orig_rate: int, new_rate: int) -> Tensor:
-    """Band-limited resampling of a mono waveform ``[S]`` (torchaudio's sinc interpolation)."""
-    try:
-        import torchaudio.functional as AF
-    except Exception as e:  # noqa: BLE001 - torchaudio may fail to import beside some torch builds
-        raise RuntimeError(
-            f"audio at {orig_rate} Hz needs resampling to {new_rate} Hz but torchaudio is unavailable ({e}); "
-            f"pass audio at {new_rate} Hz (e.g. avssl.read_av_window(..., sample_rate={new_rate}))"
-        ) from e
-    return AF.resample(waveform, orig_rate, new_rate)
-
+from avssl.data.preprocess import Preprocessor, resample  # noqa: E402, F401  (re-exported: export.Preprocessor, export.resample)
 
 # --- the reusable module ----------------------------------------------------------------------------------------
 
@@ -386,21 +247,28 @@ class PretrainedEncoder(nn.Module):
         sample_rate: int | None = None,
         start: float | None = None,
         num_segments: int | None = None,
+        valid: Tensor | None = None,
+        audio_start: float = 0.0,
     ) -> Tensor:
-        """Raw media -> model input ``[N, ...]`` using the training preprocessing (evaluation mode).
+        """Raw media -> model input ``[N, ...]`` with the training cut (``avssl.data.preprocess``, eval mode).
 
-        Video: uint8 frames ``[T, H, W, 3]`` with ``fps=`` or ``times=`` (optionally the first segment's ``start``
-        and ``num_segments``); audio: a float waveform ``[S]`` or ``[C, S]`` with its ``sample_rate=``.
+        Video: uint8 frames ``[T, H, W, 3]`` with ``fps=`` or ``times=``; audio: a float waveform ``[S]`` or
+        ``[C, S]`` with its ``sample_rate=`` (sample 0 at ``audio_start`` seconds, optional validity mask
+        ``valid``). Both take the first segment's ``start`` and ``num_segments``; segment ``k`` starts at
+        ``start + k * (segment_duration + segment_gap)``.
         """
         if self._pre is None:
             raise RuntimeError("this encoder carries no preprocessing settings")
         if self.modality == "video":
-            if sample_rate is not None:
-                raise TypeError("video preprocess takes fps= or times=, not sample_rate=")
+            if sample_rate is not None or valid is not None:
+                raise TypeError("video preprocess takes fps= or times=, not sample_rate= or valid=")
             return self._pre.video(data, fps=fps, times=times, start=start, num_segments=num_segments)
         if sample_rate is None:
             raise TypeError("audio preprocess needs the waveform's sample_rate=")
-        return self._pre.audio(data, sample_rate)
+        if fps is not None or times is not None:
+            raise TypeError("audio preprocess takes sample_rate=, not fps= or times=")
+        return self._pre.audio(data, sample_rate, start=start, num_segments=num_segments, valid=valid,
+                               audio_start=audio_start)
 
     def forward_features(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
         tokens = self.encoder.forward_features(x, mask=mask)

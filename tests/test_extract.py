@@ -292,9 +292,10 @@ def test_manifest_orient_reaches_every_evaluation_read(media: Path, bundle: Path
     seen: list[str | None] = []
     real_read = EncoderPair.read
 
-    def spy(self: EncoderPair, path: str, start: float, duration: float, orient: str | None = None):  # noqa: ANN202
+    def spy(self: EncoderPair, path: str, start: float, duration: float, orient: str | None = None,  # noqa: ANN202
+            video_starts=None):
         seen.append(orient)
-        return real_read(self, path, start, duration, orient)
+        return real_read(self, path, start, duration, orient, video_starts)
 
     monkeypatch.setattr(EncoderPair, "read", spy)
     pair = EncoderPair.load(bundle)
