@@ -267,7 +267,8 @@ class TrainConfig:
     task_name: str = "pretrain"
     seed: int = 0
     output_dir: Optional[str] = None  # None: Hydra's job directory (or ./outputs/<task_name> outside Hydra)
-    ckpt_path: Optional[str] = None  # resume from this Lightning checkpoint ("last" = output_dir/checkpoints/last.ckpt)
+    ckpt_path: Optional[str] = None  # resume from this Lightning checkpoint ("last" = output_dir/checkpoints/last.ckpt,
+    # "auto" = the newest checkpoint of output_dir if any, else start fresh)
     validate_only: bool = False
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)

@@ -168,3 +168,20 @@ def test_samplers_split_train_and_validation_data_over_ranks():
     assert sorted(shared[0] + shared[1]) == sorted(single)  # the same batches, each clip exactly once
     with pytest.raises(ValueError, match="no full batch"):
         EvalBatchSampler(list(range(3)), 2, rank=0, world_size=2)
+
+
+def test_ckpt_path_auto_picks_the_newest_checkpoint_of_the_output_dir(tmp_path: Path):
+    import os
+
+    from avssl.lit.run import newest_checkpoint
+
+    assert newest_checkpoint(tmp_path) is None  # a job's first start: nothing to resume
+    (tmp_path / "checkpoints").mkdir()
+    last, hpc = tmp_path / "checkpoints" / "last.ckpt", tmp_path / "hpc_ckpt_1.ckpt"
+    last.write_bytes(b"x")
+    hpc.write_bytes(b"x")
+    os.utime(last, ns=(1, 10**18))
+    os.utime(hpc, ns=(1, 2 * 10**18))
+    assert newest_checkpoint(tmp_path) == str(hpc)  # Lightning's pre-emption checkpoint, written later
+    os.utime(last, ns=(1, 3 * 10**18))
+    assert newest_checkpoint(tmp_path) == str(last)

@@ -315,7 +315,14 @@ class ExactResumeCallback(Callback):
         loader = self._trainer.train_dataloader if self._trainer is not None else None
         if isinstance(loader, ResumableDataLoader):
             state["loader"] = loader.state_dict()
-            if getattr(self._trainer.fit_loop.epoch_loop, "done", False):  # type: ignore[union-attr]
+            epoch_loop = self._trainer.fit_loop.epoch_loop  # type: ignore[union-attr]
+            # Lightning resumes at its count of processed batches: a checkpoint written between steps (by
+            # ModelCheckpoint) has processed all it fetched; one written from a signal handler during a step
+            # (SLURM auto-requeue) has not, and the interrupted batch is read and trained on again
+            processed = int(getattr(epoch_loop.batch_progress.current, "processed", 0))
+            if processed < state["loader"]["batches_yielded"]:
+                state["loader"] = {"batches_yielded": processed}  # (stream positions would be one batch ahead)
+            if getattr(epoch_loop, "done", False):
                 state["loader"] = {"batches_yielded": 0}  # saved at the epoch's end: resume at the next one
         return state
 

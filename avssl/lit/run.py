@@ -113,6 +113,14 @@ def default_output_dir(task_name: str) -> Path:
     return Path("outputs") / task_name / time.strftime("%Y-%m-%d_%H-%M-%S")
 
 
+def newest_checkpoint(output_dir: str | os.PathLike[str]) -> str | None:
+    """The most recently written of ``<output_dir>/checkpoints/last.ckpt`` and Lightning's SLURM pre-emption
+    checkpoints ``<output_dir>/hpc_ckpt_<n>.ckpt`` (``ckpt_path=auto``); None when there is none."""
+    out = Path(output_dir)
+    found = [p for p in [out / "checkpoints" / "last.ckpt", *out.glob("hpc_ckpt_*.ckpt")] if p.is_file()]
+    return str(max(found, key=lambda p: p.stat().st_mtime_ns)) if found else None
+
+
 def train(cfg: DictConfig | dict[str, Any], output_dir: str | os.PathLike[str] | None = None) -> TrainResult:
     """Pretrain (or only validate, with ``validate_only``) as the config says; return checkpoints and metrics.
 
@@ -133,6 +141,9 @@ def train(cfg: DictConfig | dict[str, Any], output_dir: str | os.PathLike[str] |
     ckpt_path = plain.get("ckpt_path")
     if ckpt_path == "last":
         ckpt_path = str(out_dir / "checkpoints" / "last.ckpt")
+    elif ckpt_path == "auto":  # a (re)queued job: resume from the newest checkpoint of output_dir, if any
+        ckpt_path = newest_checkpoint(out_dir)
+        log.info("ckpt_path=auto: %s", f"resuming from {ckpt_path}" if ckpt_path else "no checkpoint yet, starting")
     if ckpt_path is not None and not Path(ckpt_path).is_file():
         raise FileNotFoundError(f"ckpt_path: no checkpoint at {ckpt_path}")
     if ckpt_path is not None:  # another model or data config is an error naming what differs
@@ -157,4 +168,4 @@ def train(cfg: DictConfig | dict[str, Any], output_dir: str | os.PathLike[str] |
     return result
 
 
-__all__ = ["TrainResult", "build_trainer", "default_output_dir", "resolve_precision", "to_plain", "train"]
+__all__ = ["TrainResult", "build_trainer", "default_output_dir", "newest_checkpoint", "resolve_precision", "to_plain", "train"]
