@@ -319,8 +319,9 @@ class ExactResumeCallback(Callback):
             # Lightning resumes at its count of processed batches: a checkpoint written between steps (by
             # ModelCheckpoint) has processed all it fetched; one written from a signal handler during a step
             # (SLURM auto-requeue) has not, and the interrupted batch is read and trained on again
-            processed = int(getattr(epoch_loop.batch_progress.current, "processed", 0))
-            if processed < state["loader"]["batches_yielded"]:
+            yielded = int(state["loader"]["batches_yielded"])
+            processed = int(getattr(epoch_loop.batch_progress.current, "processed", yielded))
+            if processed < yielded:
                 state["loader"] = {"batches_yielded": processed}  # (stream positions would be one batch ahead)
             if getattr(epoch_loop, "done", False):
                 state["loader"] = {"batches_yielded": 0}  # saved at the epoch's end: resume at the next one
