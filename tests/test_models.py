@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import math
-import sys
-import types
 
 import pytest
 import torch
@@ -107,28 +105,27 @@ def test_config_rebuilds_the_same_encoder() -> None:
     assert again.state_dict().keys() == enc.state_dict().keys()
 
 
-def test_pretrained_calls_the_export_loader(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_pretrained_calls_the_weights_loader(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The factory loads weights through the weight I/O layer below the models (never reaching up to export)."""
+    import avssl.models.factory as factory
+
     weights = tmp_path / "w.safetensors"
     weights.write_bytes(b"x")
     calls: list[tuple[Encoder, str]] = []
-    fake = types.ModuleType("avssl.export")
-    fake.load_encoder_weights = lambda enc, path: calls.append((enc, path))  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "avssl.export", fake)
+    monkeypatch.setattr(factory, "load_encoder_weights", lambda enc, path: calls.append((enc, path)))
     enc = create_encoder("cnn_audio_tiny", pretrained=weights)
     assert calls == [(enc, str(weights))]
 
 
-def test_pretrained_errors_name_the_file(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_pretrained_errors_name_the_file(tmp_path) -> None:
+    from avssl.weights import ExportError
+
     missing = tmp_path / "nope.safetensors"
     with pytest.raises(FileNotFoundError, match="nope.safetensors"):
         create_encoder("cnn_audio_tiny", pretrained=missing)
     weights = tmp_path / "w.safetensors"
     weights.write_bytes(b"x")
-    monkeypatch.setitem(sys.modules, "avssl.export", None)  # the loader module is absent
-    with pytest.raises(RuntimeError, match="w.safetensors.*avssl.export is not available"):
-        create_encoder("cnn_audio_tiny", pretrained=weights)
-    monkeypatch.setitem(sys.modules, "avssl.export", types.ModuleType("avssl.export"))
-    with pytest.raises(RuntimeError, match="no load_encoder_weights"):
+    with pytest.raises(ExportError, match="w.safetensors.*corrupt or truncated"):
         create_encoder("cnn_audio_tiny", pretrained=weights)
 
 

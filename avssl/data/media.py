@@ -218,7 +218,7 @@ class MediaReader:
             raise
         except Exception as e:  # a decoder failure of any kind: name the file
             raise DecodeError(self.path, f"decoding failed: {type(e).__name__}: {e}") from e
-        frames, frame_times, source_times, frames_valid = video
+        frames, shown_times, source_times, frames_valid = video
         frames = fix.apply(frames)
         if not bool(frames_valid.any()) and not bool(audio_valid.any()):
             raise DecodeError(
@@ -231,7 +231,7 @@ class MediaReader:
             start=start,
             duration=duration,
             frames=frames,
-            frame_times=frame_times,
+            frame_times=shown_times,
             source_frame_times=source_times,
             frames_valid=frames_valid,
             audio=audio,

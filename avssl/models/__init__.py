@@ -2,6 +2,7 @@
 
 from avssl.models.base import Encoder
 from avssl.models.cnn import AudioCNN, CNNEncoder, VideoCNN
+from avssl.models.factory import create_encoder
 from avssl.models.heads import ProjectionHead
 from avssl.models.patching import (
     interpolate_pos_embed,
@@ -11,7 +12,7 @@ from avssl.models.patching import (
     tube_mask,
     unpatchify,
 )
-from avssl.models.registry import create_encoder, encoder_modality, list_encoders, register_encoder
+from avssl.models.registry import encoder_modality, list_encoders, register_encoder
 from avssl.models.vit import AudioViT, TransformerBlock, VideoViT, ViTEncoder
 
 __all__ = [

@@ -1,11 +1,10 @@
-"""Encoder registry and factory (timm-style): ``register_encoder``, ``list_encoders``, ``create_encoder``."""
+"""The encoder registry: a plain name -> builder table (timm's ``_registry.py``). ``register_encoder`` adds to it,
+``list_encoders`` reads it; :mod:`avssl.models.factory` builds from it (``create_encoder``)."""
 
 from __future__ import annotations
 
 import fnmatch
-import importlib
 import inspect
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -97,51 +96,18 @@ def build_encoder(name: str, cls: type[E], defaults: dict[str, Any], kwargs: dic
     return encoder
 
 
-def create_encoder(name: str, pretrained: str | os.PathLike[str] | None = None, **kwargs: Any) -> Encoder:
-    """Build a registered encoder by name; ``pretrained`` loads weights via ``avssl.export.load_encoder_weights``."""
-    entry = _entry(name)
-    encoder = entry.builder(**kwargs)
-    if not isinstance(encoder, Encoder):
-        raise TypeError(
-            f"builder of encoder {name!r} returned {type(encoder).__name__}, not an avssl Encoder"
-        )
-    if encoder.modality != entry.modality:
-        raise TypeError(
-            f"encoder {name!r} is registered as {entry.modality} but built a {encoder.modality} encoder"
-        )
-    encoder.encoder_name = name
-    if not encoder.encoder_kwargs:
-        encoder.encoder_kwargs = dict(kwargs)
-    if pretrained is not None:
-        _load_pretrained(encoder, name, os.fspath(pretrained))
-    return encoder
-
-
-def _load_pretrained(encoder: Encoder, name: str, path: str) -> None:
-    try:
-        export = importlib.import_module("avssl.export")
-    except ModuleNotFoundError as err:
-        if err.name not in ("avssl.export", "avssl"):
-            raise
-        raise RuntimeError(
-            f"{path}: cannot load pretrained weights for encoder {name!r}: the loader module avssl.export is not "
-            "available in this installation"
-        ) from err
-    if not os.path.exists(path):  # an ExportError naming the file, and a FileNotFoundError
-        raise export.MissingFileError(path, f"pretrained weights for encoder {name!r} not found (no such file or folder)")
-    loader = getattr(export, "load_encoder_weights", None)
-    if loader is None:
-        raise RuntimeError(
-            f"{path}: cannot load pretrained weights for encoder {name!r}: avssl.export has no load_encoder_weights()"
-        )
-    loader(encoder, path)
-
-
 __all__ = [
     "EncoderEntry",
     "register_encoder",
     "list_encoders",
     "encoder_modality",
     "build_encoder",
-    "create_encoder",
 ]
+
+
+def __getattr__(name: str) -> Any:  # compatible alias: create_encoder moved to avssl.models.factory
+    if name == "create_encoder":
+        from avssl.models.factory import create_encoder
+
+        return create_encoder
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
