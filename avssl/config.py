@@ -105,7 +105,7 @@ class EncoderConfig:
 
 @dataclass
 class ModelConfig:
-    """Encoders and projection heads of ``avssl.models.pretrain.AVPretrainModel``."""
+    """Encoders and projection heads of ``avssl.objectives.pretrain.AVPretrainModel``."""
 
     family: str = MISSING  # a label: vit | cnn
     video: EncoderConfig = field(default_factory=EncoderConfig)
@@ -119,70 +119,22 @@ class ModelConfig:
 # --- objective -------------------------------------------------------------------------------------------------
 
 
-@dataclass
-class ObjectiveWeights:
-    """Weight of each loss term; 0 switches a term (and the modules only it needs) off."""
+def _objective_schema() -> tuple[type, type]:
+    """``ObjectiveWeights`` (a float per registered loss term, 0 = off) and ``ObjectiveConfig`` (``name``,
+    ``weights`` and one optional options block per registered objective, typed by its ``Options``), made from the
+    objective registry (``avssl.objectives``), so a new objective needs no edit here. The values live in
+    ``conf/objective/*.yaml`` only: an objective's block is set by its YAML (``objective=<name>``)."""
+    from dataclasses import make_dataclass
 
-    sync: float = 0.0  # synchrony InfoNCE on projected segment embeddings
-    mae_video: float = 0.0  # per-modality masked autoencoding
-    mae_audio: float = 0.0
-    joint_mae: float = 0.0  # CAV-MAE joint reconstruction (video + audio)
-    joint_contrastive: float = 0.0  # CAV-MAE contrastive term on the joint layer's pooled outputs
+    from avssl.objectives import OBJECTIVES, all_terms
 
-
-@dataclass
-class SyncOptions:
-    temperature: float = 0.07
-    learn_temperature: bool = True
-    temperature_min: float = 0.001
-    temperature_max: float = 0.5
-    negatives: str = "all"  # all | cross_video | within_video
-    curriculum_epochs: int = 0  # epochs of cross_video negatives before `negatives`
-    local_loss: bool = False  # DDP: each rank's rows against the gathered columns (open_clip); same gradients
+    weights = make_dataclass("ObjectiveWeights", [(t, float, field(default=0.0)) for t in sorted(all_terms())])
+    fields: list[Any] = [("name", str, field(default=MISSING)), ("weights", weights, field(default_factory=weights))]
+    fields += [(name, Optional[cls.Options], field(default=None)) for name, cls in sorted(OBJECTIVES.items())]
+    return weights, make_dataclass("ObjectiveConfig", fields)
 
 
-@dataclass
-class MaeOptions:
-    video_mask_kind: str = "tube"  # tube | random
-    video_mask_ratio: float = 0.9
-    audio_mask_kind: str = "random"
-    audio_mask_ratio: float = 0.8
-    norm_pix: bool = True
-    decoder_dim: int = 256
-    decoder_depth: int = 2
-    decoder_heads: int = 8
-    decoder_mlp_ratio: float = 4.0
-
-
-@dataclass
-class JointOptions:
-    dim: Optional[int] = None  # joint layer width; None: the encoders' width
-    depth: int = 1
-    num_heads: int = 8
-    mlp_ratio: float = 4.0
-    video_mask_kind: str = "random"
-    video_mask_ratio: float = 0.75
-    audio_mask_kind: str = "random"
-    audio_mask_ratio: float = 0.75
-    norm_pix: bool = True
-    decoder_dim: int = 256
-    decoder_depth: int = 2
-    decoder_heads: int = 8
-    decoder_mlp_ratio: float = 4.0
-    temperature: float = 0.05
-    learn_temperature: bool = False
-    negatives: str = "all"
-
-
-@dataclass
-class ObjectiveConfig:
-    """Loss weights and the options of each objective family (``AVPretrainModel``'s sync / mae / joint)."""
-
-    name: str = MISSING
-    weights: ObjectiveWeights = field(default_factory=ObjectiveWeights)
-    sync: SyncOptions = field(default_factory=SyncOptions)
-    mae: MaeOptions = field(default_factory=MaeOptions)
-    joint: JointOptions = field(default_factory=JointOptions)
+ObjectiveWeights, ObjectiveConfig = _objective_schema()
 
 
 # --- optimisation ----------------------------------------------------------------------------------------------
@@ -242,8 +194,8 @@ class LoggerConfig:
 @dataclass
 class CheckpointConfig:
     enabled: bool = True
-    monitor: str = "val/sync_acc"
-    mode: str = "max"
+    monitor: str = "auto"  # auto: the objective's (AVPretrainModel.default_monitor)
+    mode: str = "auto"
     save_last: bool = True
     save_top_k: int = 1
     every_n_epochs: int = 1
@@ -272,7 +224,7 @@ class TrainConfig:
     validate_only: bool = False
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
-    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)  # type: ignore[valid-type]
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
@@ -307,13 +259,10 @@ __all__ = [
     "DemoConfig",
     "EncoderConfig",
     "LoggerConfig",
-    "JointOptions",
-    "MaeOptions",
     "ModelConfig",
     "ObjectiveConfig",
     "ObjectiveWeights",
     "OptimizerConfig",
-    "SyncOptions",
     "TrainConfig",
     "TrainerConfig",
     "register_configs",

@@ -67,8 +67,9 @@ class PretrainedEncoder(nn.Module):
     - ``forward_features(x, mask=None)``: tokens ``[N, L, D]`` (after the joint layer for joint models);
     - ``forward(x)``: L2-normalised embedding ``[N, E]`` in the space shared with the other modality.
 
-    ``embedding`` is ``"head"`` (pooled encoder tokens -> projection head, the synchrony objective's space) or
-    ``"joint"`` (tokens -> shared joint layer -> mean, CAV-MAE's contrastive space).
+    ``embedding`` is ``"head"`` (pooled encoder tokens -> projection head, the synchrony objective's space),
+    ``"joint"`` (tokens -> shared joint layer -> mean, CAV-MAE's contrastive space) or ``"encoder"`` (the
+    encoder's own pooled features, for objectives that align no shared space, such as ``avc``).
     """
 
     def __init__(
@@ -82,8 +83,8 @@ class PretrainedEncoder(nn.Module):
         config: Mapping[str, Any] | None = None,
     ):
         super().__init__()
-        if embedding not in ("head", "joint"):
-            raise ValueError(f"embedding must be 'head' or 'joint', got {embedding!r}")
+        if embedding not in ("head", "joint", "encoder"):
+            raise ValueError(f"embedding must be 'head', 'joint' or 'encoder', got {embedding!r}")
         if embedding == "head" and head is None:
             raise ValueError("embedding='head' needs a projection head")
         if embedding == "joint" and joint is None:
@@ -156,6 +157,8 @@ class PretrainedEncoder(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if self.embedding == "joint":
             pooled = self.forward_features(x).mean(dim=1)
+        elif self.embedding == "encoder":
+            pooled = self.encoder(x)
         else:
             pooled = self.head(self.encoder(x))  # type: ignore[misc]
         return torch.nn.functional.normalize(pooled, dim=-1)
@@ -175,46 +178,49 @@ def _head_config(head: Any) -> dict[str, Any]:
     }
 
 
-def _joint_config(model: Any, modality: str) -> dict[str, Any]:
-    layer = model.joint.joint
-    opts = model.joint_options
+def _joint_config(layer: Any, modality: str, encoder: Any) -> dict[str, Any]:
     return {
-        "in_dims": {modality: int(model.encoders[modality].num_features)},
+        "in_dims": {modality: int(encoder.num_features)},
         "dim": int(layer.dim),
-        "depth": int(opts["depth"]),
-        "num_heads": int(opts["num_heads"]),
-        "mlp_ratio": float(opts["mlp_ratio"]),
+        "depth": int(layer.depth),
+        "num_heads": int(layer.num_heads),
+        "mlp_ratio": float(layer.mlp_ratio),
     }
+
+
+def _embedding_parts(model: Any) -> dict[str, Any]:
+    """The modules of the model's embedding space: ``{"head": ModuleDict}`` (projection heads) or
+    ``{"joint": JointLayer}``, from the first active objective that has one; ``{}`` when none does."""
+    find = getattr(model, "embedding_objective", None)
+    obj = find() if find is not None else None
+    return {} if obj is None else dict(obj.embedding_modules())
 
 
 def module_config(model: Any, modality: str) -> dict[str, Any]:
     """What rebuilds one modality's :class:`PretrainedEncoder` from an ``AVPretrainModel``: encoder name and
-    kwargs, projection head, joint layer, and which of them defines the embedding."""
+    kwargs, projection head or joint layer, and which defines the embedding (``"encoder"``: the encoder's pooled
+    features, for objectives that align no space, such as ``avc``)."""
     if modality not in MODALITIES:
         raise ValueError(f"modality must be one of {MODALITIES}, got {modality!r}")
     encoder = model.encoders[modality]
     cfg: dict[str, Any] = {"encoder": encoder.get_config(), "head": None, "joint": None}
-    if getattr(model, "heads", None) is not None:
-        cfg["head"] = _head_config(model.heads[modality])
-    if getattr(model, "joint", None) is not None:
-        cfg["joint"] = _joint_config(model, modality)
-    if cfg["head"] is None and cfg["joint"] is None:
-        raise ExportError(
-            None,
-            "the model has neither projection heads nor a joint layer: no shared embedding "
-            "space to export (train with the 'sync' or 'joint_contrastive' objective)",
-        )
-    cfg["embedding"] = "head" if cfg["head"] is not None else "joint"
+    parts = _embedding_parts(model)
+    if "head" in parts:
+        cfg["head"] = _head_config(parts["head"][modality])
+    elif "joint" in parts:
+        cfg["joint"] = _joint_config(parts["joint"], modality, encoder)
+    cfg["embedding"] = "head" if cfg["head"] is not None else "joint" if cfg["joint"] is not None else "encoder"
     return cfg
 
 
 def _module_state(model: Any, modality: str, cfg: Mapping[str, Any]) -> dict[str, Tensor]:
     sd = {f"encoder.{k}": v for k, v in model.encoders[modality].state_dict().items()}
+    parts = _embedding_parts(model)
     if cfg["head"] is not None:
-        sd.update({f"head.{k}": v for k, v in model.heads[modality].state_dict().items()})
+        sd.update({f"head.{k}": v for k, v in parts["head"][modality].state_dict().items()})
     if cfg["joint"] is not None:
         other = [m for m in MODALITIES if m != modality]
-        for k, v in model.joint.joint.state_dict().items():
+        for k, v in parts["joint"].state_dict().items():
             if any(k.startswith((f"proj.{o}.", f"modality_embed.{o}")) for o in other):
                 continue
             sd[f"joint.{k}"] = v
@@ -260,7 +266,7 @@ def build_module(cfg: Mapping[str, Any], preprocessing: Mapping[str, Any] | None
     head = ProjectionHead(**cfg["head"]) if cfg.get("head") else None
     joint = None
     if cfg.get("joint"):
-        from avssl.models.joint import JointLayer
+        from avssl.objectives.joint import JointLayer
 
         j = dict(cfg["joint"])
         joint = JointLayer(j.pop("in_dims"), j.pop("dim"), **j)
@@ -313,13 +319,13 @@ def _model_config_without_weight_paths(model_cfg: Mapping[str, Any]) -> dict[str
 
 def build_pretrain_model(hparams: Mapping[str, Any]) -> nn.Module:
     """Rebuild the (untrained) ``AVPretrainModel`` described by a checkpoint's hyperparameters, without Lightning,
-    with the same builder training uses (``avssl.models.build``).
+    with the same builder training uses (``avssl.objectives.build``).
 
     Encoder keywords naming weight files (``pretrained=``, see :data:`WEIGHT_PATH_KWARGS`) are left out: they
     initialised training, and the checkpoint's own weights replace whatever they would load, so a checkpoint is
     rebuilt without opening (or needing) those files. :func:`pretrained_from` reports them.
     """
-    from avssl.models.build import build_pretrain_model as build
+    from avssl.objectives.build import build_pretrain_model as build
 
     return build(
         _model_config_without_weight_paths(dict(hparams.get("model") or {})),
@@ -357,7 +363,10 @@ def load_pretrain_checkpoint(
         model = build_pretrain_model(hparams)
     except (TypeError, ValueError, KeyError) as e:
         raise ExportError(path, f"cannot rebuild the model from the checkpoint's hyperparameters: {e}") from e
-    load_state_dict_strict(model, select_prefix(state, prefix) if prefix else dict(state), source=path)
+    from avssl.objectives.pretrain import upgrade_state_dict
+
+    own = select_prefix(state, prefix) if prefix else dict(state)
+    load_state_dict_strict(model, upgrade_state_dict(own), source=path)  # format-1 layouts renamed first
     meta: dict[str, Any] = {k: ckpt[k] for k in ("global_step", "epoch") if k in ckpt}
     return model.eval(), dict(hparams), meta
 

@@ -9,7 +9,7 @@ Examples (results go to docs/benchmarks.md):
     python benchmarks/train_throughput.py --preset vitb --device cuda --batch 32 --synthetic --steps 30
     python benchmarks/train_throughput.py --preset vitb --device cuda --batch 32 --data shards --shards DIR
 
-It drives ``avssl.models.build.build_pretrain_model`` with a plain optimiser loop (the same model Lightning
+It drives ``avssl.objectives.build.build_pretrain_model`` with a plain optimiser loop (the same model Lightning
 trains), so the numbers isolate data loading and model compute; benchmarks/lightning_overhead.py measures what
 Lightning adds on top.
 """
@@ -31,7 +31,7 @@ from torch.utils.data import DataLoader
 from torch.utils.flop_counter import FlopCounterMode
 
 from avssl.lit.datamodule import AVDataModule, preprocessing_from_data
-from avssl.models.build import build_pretrain_model
+from avssl.objectives.build import build_pretrain_model
 
 # Dense bf16 peak (no sparsity), TFLOP/s, by substring of torch.cuda.get_device_name().
 BF16_PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0, "A10G": 125.0, "L4": 121.0}

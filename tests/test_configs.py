@@ -45,7 +45,7 @@ def test_default_config_is_the_demo_run():
     assert cfg.data.source == "demo"
     assert cfg.data.num_segments == 4 and cfg.data.val_batch_size == 16
     assert cfg.objective.name == "sync_contrastive"
-    assert cfg.callbacks.checkpoint.monitor == "val/sync_acc"
+    assert cfg.callbacks.checkpoint.monitor == "auto"  # the objective's: val/sync_acc for sync (test_objective_plugins)
     assert OmegaConf.is_struct(cfg)
 
 

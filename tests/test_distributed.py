@@ -15,8 +15,8 @@ from torch import nn
 
 from avssl.lit.distributed import build_strategy, convert_sync_batchnorm, has_batchnorm
 from avssl.models.cnn import AudioCNN, VideoCNN
-from avssl.models.pretrain import AVPretrainModel
 from avssl.models.vit import AudioViT, VideoViT
+from avssl.objectives.pretrain import AVPretrainModel
 
 GLOBAL_B, S = 4, 2
 FAMILIES = ("vit", "cnn")

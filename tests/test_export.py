@@ -123,7 +123,7 @@ def test_joint_model_exports_its_joint_layer(tmp_path: Path) -> None:
             other = "audio" if modality == "video" else "video"
             assert any(k.startswith("joint.blocks.") for k in keys)
             assert not any(other in k for k in keys if k.startswith("joint."))
-            tokens = model.joint.joint({modality: model.encoders[modality].forward_features(x)})[modality]
+            tokens = model.objectives["joint"].net.joint({modality: model.encoders[modality].forward_features(x)})[modality]
             ref = torch.nn.functional.normalize(tokens.mean(1), dim=-1)
             torch.testing.assert_close(enc(x), ref, atol=1e-5, rtol=0)
             torch.testing.assert_close(enc.forward_features(x), tokens, atol=1e-5, rtol=0)

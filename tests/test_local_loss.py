@@ -13,8 +13,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
-from avssl.models.pretrain import AVPretrainModel
 from avssl.models.vit import AudioViT, VideoViT
+from avssl.objectives.pretrain import AVPretrainModel
 
 GLOBAL_B, S, WORLD = 4, 2, 2
 PATHS = ["/v/a.mp4", "/v/b.mp4", "/v/b.mp4", "/v/c.mp4"]  # b.mp4 has a clip on each rank
@@ -77,14 +77,14 @@ def test_local_loss_on_two_processes_has_the_full_loss_gradients(tmp_path):
 def test_local_loss_is_a_sync_option_in_the_config():
     from hydra import compose, initialize_config_module
 
-    from avssl.models.pretrain import SYNC_DEFAULTS
+    from avssl.objectives.pretrain import packaged_options
 
     with initialize_config_module("avssl.conf", version_base="1.3"):
         cfg = compose("train", overrides=["objective.sync.local_loss=true"])
-    assert cfg.objective.sync.local_loss is True and SYNC_DEFAULTS["local_loss"] is False
-    model = AVPretrainModel(*_model(False).encoders.values(), objectives={"sync": 1.0},
+    assert cfg.objective.sync.local_loss is True and packaged_options("sync")["local_loss"] is False
+    model = AVPretrainModel(*_model(False).encoders.values(), objectives={"sync": 1.0}, embed_dim=16,
                             sync={"local_loss": True})
-    assert model.sync is not None and model.sync.local_loss
+    assert model.objectives["sync"].loss.local_loss
     # without a process group the local loss is the full loss
     full = _model(local_loss=False)
     local = _model(local_loss=True)

@@ -35,7 +35,7 @@ def _batch(seed: int = 0) -> dict:
 
 def test_optimizer_step_clamps_the_temperature_in_place():
     module = _module(temperature=0.45, temperature_max=0.5)
-    temp = module.model.sync.temperature  # type: ignore[union-attr]
+    temp = module.model.objectives["sync"].loss.temperature  # type: ignore[union-attr]
     opt = torch.optim.SGD([temp.log_temperature], lr=10.0)
 
     def closure():  # a loss that wants a higher temperature: the step overshoots the bound

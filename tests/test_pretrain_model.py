@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from avssl.models.cnn import AudioCNN, VideoCNN
-from avssl.models.joint import JointMAE
-from avssl.models.mae import MAEDecoder, make_mask, masked_input, scatter_visible
-from avssl.models.pretrain import AVPretrainModel, PretrainOutput
 from avssl.models.vit import AudioViT, VideoViT
+from avssl.objectives.joint import JointMAE
+from avssl.objectives.mae import MAEDecoder, make_mask, masked_input, scatter_visible
+from avssl.objectives.pretrain import AVPretrainModel, PretrainOutput
 
 B, S = 2, 2
 
@@ -104,9 +104,9 @@ def test_gradients_reach_every_trainable_parameter(name):
         assert out.audio_emb is None and "sync_acc" not in out.logs
     if name == "sync":
         assert out.logs["temperature"].item() == pytest.approx(0.07)
-        assert not hasattr(model, "mae") or len(model.mae) == 0
+        assert "mae" not in model.objectives
     if name == "mae":
-        assert model.heads is None and model.joint is None
+        assert model.heads is None and "joint" not in model.objectives
         for m in ("video", "audio"):
             assert out.logs[f"recon_baseline_{m}"].item() == pytest.approx(1.0, abs=0.05)
 
@@ -126,7 +126,8 @@ def test_joint_model_reconstructs_both_modalities():
     video, audio = vit_pair()
     model = AVPretrainModel(video, audio, objectives={"joint_mae": 1.0},
                             joint={**TINY_DECODER, "num_heads": 2})
-    assert isinstance(model.joint, JointMAE) and model.joint.contrastive is None
+    joint = model.objectives["joint"].net
+    assert isinstance(joint, JointMAE) and joint.contrastive is None
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     data = batch(structured=True)
     gen = torch.Generator().manual_seed(0)
@@ -161,7 +162,7 @@ def test_seeded_forward_is_deterministic():
 
 def test_embed_is_normalised_and_matches_pooled_encoders():
     video, audio = vit_pair()
-    model = AVPretrainModel(video, audio, embed_dim=16)
+    model = AVPretrainModel(video, audio, embed_dim=16, objectives={"sync": 1.0})
     data = batch()
     a, v = model.embed(data["video"], data["audio"])
     assert a.shape == v.shape == (B, S, 16)
@@ -172,16 +173,16 @@ def test_embed_is_normalised_and_matches_pooled_encoders():
 
 def test_curriculum_and_errors():
     video, audio = vit_pair()
-    model = AVPretrainModel(video, audio, embed_dim=16, sync={"curriculum_epochs": 1})
-    assert model.sync.current_negatives == "cross_video"
+    model = AVPretrainModel(video, audio, embed_dim=16, objectives={"sync": 1.0}, sync={"curriculum_epochs": 1})
+    assert model.objectives["sync"].loss.current_negatives == "cross_video"
     model.set_epoch(1)
-    assert model.sync.current_negatives == "all"
+    assert model.objectives["sync"].loss.current_negatives == "all"
     with pytest.raises(ValueError, match="unknown objective"):
         AVPretrainModel(video, audio, objectives={"synch": 1.0})
-    with pytest.raises(TypeError, match="unknown mae option"):
+    with pytest.raises(ValueError, match=r"objective.mae: unknown option\(s\) \['mask_ratio'\]"):
         AVPretrainModel(video, audio, objectives={"mae_video": 1.0}, mae={"mask_ratio": 0.5})
     with pytest.raises(ValueError, match="modality"):
-        AVPretrainModel(audio, video)
+        AVPretrainModel(audio, video, objectives={"sync": 1.0})
     data = batch()
     with pytest.raises(ValueError, match=r"\[B, S, C, T, H, W\]"):
         model({"video": data["video"][0], "audio": data["audio"]})
@@ -199,7 +200,8 @@ def test_cross_video_negatives_exclude_other_clips_of_the_same_video():
     from avssl.objectives import sync_infonce
 
     video, audio = vit_pair()
-    model = AVPretrainModel(video, audio, embed_dim=16, sync={"negatives": "cross_video", "learn_temperature": False})
+    model = AVPretrainModel(video, audio, embed_dim=16, objectives={"sync": 1.0},
+                            sync={"negatives": "cross_video", "learn_temperature": False})
     model.eval()
     gen = torch.Generator().manual_seed(2)
     base = {"video": torch.randn(3, S, 3, 4, 32, 32, generator=gen), "audio": torch.randn(3, S, 1, 32, 32, generator=gen)}

@@ -41,8 +41,7 @@ def _app(cfg: DictConfig) -> float | None:
              f"checkpoint (best): {out.best_checkpoint}", f"time: {out.seconds:.1f} s", "validation metrics:"]
     lines += [f"  {k} = {v:.4f}" for k, v in out.metrics.items()]
     print("\n".join(lines), flush=True)
-    monitor = cfg.callbacks.checkpoint.monitor
-    return out.metrics.get(monitor)  # the value a sweeper optimises
+    return out.metrics.get(out.monitor or "")  # the value a sweeper optimises
 
 
 def main() -> None:

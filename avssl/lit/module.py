@@ -17,12 +17,11 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 import avssl
 from avssl.lit.optim import build_optimizer
-from avssl.models.build import INPUT_SIZE_KWARGS, build_pretrain_model, encoder_kwargs  # noqa: F401
+from avssl.objectives.build import INPUT_SIZE_KWARGS, build_pretrain_model, encoder_kwargs  # noqa: F401
 from avssl.objectives.contrastive import clamp_temperatures
 from avssl.objectives.metrics import retrieval_top1, sync_acc
 
@@ -139,7 +138,11 @@ class AVSSLModule(pl.LightningModule):
         checkpoint["avssl_bad_files"] = sorted(self.bad_files)  # this rank's; a list of str loads weights_only
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        from avssl.objectives.pretrain import upgrade_state_dict
+
         self.bad_files = set(checkpoint.get("avssl_bad_files", []))
+        if isinstance(checkpoint.get("state_dict"), dict):  # format-1 layouts (before objective plug-ins)
+            checkpoint["state_dict"] = upgrade_state_dict(checkpoint["state_dict"], prefix="model.")
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         out = self.model(batch, generator=None)
@@ -154,10 +157,9 @@ class AVSSLModule(pl.LightningModule):
         bsz = int(batch["video"].shape[0])
         logs = {k: v for k, v in out.logs.items() if not k.startswith(("sync_acc", "retrieval_top1"))}
         logs["loss"] = out.loss.detach()
-        model: Any = self.model
-        if model.heads is not None and out.audio_emb is not None and out.video_emb is not None:
+        if out.unmasked and out.audio_emb is not None and out.video_emb is not None:
             emb: tuple[Tensor, Tensor] | None = (out.audio_emb, out.video_emb)  # the loss's, unmasked: encode once
-        else:  # joint-contrastive embeddings in forward come from masked inputs: the metrics use unmasked ones
+        else:  # e.g. joint-contrastive embeddings in forward come from masked inputs: re-embed unmasked
             emb = self.segment_embeddings(batch["video"], batch["audio"])
         if emb is not None:
             a, v = emb
@@ -169,24 +171,13 @@ class AVSSLModule(pl.LightningModule):
 
     @torch.no_grad()
     def segment_embeddings(self, video: Tensor, audio: Tensor) -> tuple[Tensor, Tensor] | None:
-        """L2-normalised segment embeddings ``(audio, video)``, each [B, S, D], of the unmasked inputs.
-
-        The projection heads' space with the ``sync`` objective; otherwise the joint layer's mean-pooled outputs
-        (CAV-MAE's contrastive space); None when no objective aligns the modalities.
-        """
+        """L2-normalised segment embeddings ``(audio, video)``, each [B, S, D], of the unmasked inputs in the
+        space of the first active objective that has one (``sync``: projection heads; ``joint``: the joint
+        layer's mean-pooled outputs); None when no objective aligns the modalities (e.g. ``avc`` alone)."""
         model: Any = self.model
-        if model.heads is not None:
-            return model.embed(video, audio)
-        joint = getattr(model, "joint", None)
-        if joint is None or joint.contrastive is None:
+        if model.embedding_objective() is None:
             return None
-        b, s = int(video.shape[0]), int(video.shape[1])
-        out = []
-        for m, x in (("audio", audio), ("video", video)):
-            tokens = model.encoders[m].forward_features(x.flatten(0, 1))
-            pooled = joint.joint({m: tokens})[m].mean(dim=1)
-            out.append(F.normalize(pooled, dim=-1).reshape(b, s, -1))
-        return out[0], out[1]
+        return model.embed(video, audio)
 
     # --- optimisation ---------------------------------------------------------------------------------------
 

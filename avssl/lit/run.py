@@ -41,6 +41,7 @@ class TrainResult:
     best_checkpoint: str | None
     metrics: dict[str, float] = field(default_factory=dict)
     seconds: float = 0.0
+    monitor: str | None = None  # the metric the best checkpoint was chosen by
 
 
 def to_plain(cfg: DictConfig | dict[str, Any]) -> dict[str, Any]:
@@ -136,6 +137,13 @@ def train(cfg: DictConfig | dict[str, Any], output_dir: str | os.PathLike[str] |
 
     dm = AVDataModule(plain["data"], seed=int(plain["seed"]))
     module = AVSSLModule.from_config(plain, dm.preprocessing)
+    ck = plain["callbacks"]["checkpoint"]
+    if ck["monitor"] == "auto":  # what the active objectives track
+        model: Any = module.model
+        ck["monitor"], mode = model.default_monitor
+        ck["mode"] = mode if ck["mode"] == "auto" else ck["mode"]
+    elif ck["mode"] == "auto":
+        raise ValueError(f"callbacks.checkpoint.mode=auto goes with monitor=auto; give min or max for {ck['monitor']}")
     trainer = build_trainer(plain, out_dir)
 
     ckpt_path = plain.get("ckpt_path")
@@ -161,7 +169,7 @@ def train(cfg: DictConfig | dict[str, Any], output_dir: str | os.PathLike[str] |
         last_path = Path(getattr(ckpt_cb, "dirpath", None) or out_dir / "checkpoints") / "last.ckpt"
         last = str(last_path) if last_path.is_file() else None
         best = ckpt_cb.best_model_path or None  # type: ignore[attr-defined]
-    result = TrainResult(str(out_dir), last, best, metrics, time.time() - start)
+    result = TrainResult(str(out_dir), last, best, metrics, time.time() - start, ck["monitor"])
     with open(out_dir / "metrics.json", "w") as f:
         json.dump({"metrics": metrics, "last_checkpoint": last, "best_checkpoint": best,
                    "seconds": round(result.seconds, 1)}, f, indent=1)

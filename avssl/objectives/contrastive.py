@@ -17,6 +17,8 @@ loss's (see :func:`sync_infonce`).
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -280,4 +282,35 @@ __all__ = [
     "gather_with_grad",
     "gather_no_grad",
     "local_clip_slice",
+    "batch_video_ids",
+    "contrast",
 ]
+
+
+def batch_video_ids(batch: Mapping[str, Any], b: int, device: torch.device) -> Tensor | None:
+    """int64 [B] source-video id per clip: ``batch["video_id"]``, else hashed from ``batch["path"]`` (what the
+    datasets and the shard reader carry); None (every clip its own video) when the batch has neither."""
+    from avssl.data.sampling import video_id
+
+    ids = batch.get("video_id")
+    if isinstance(ids, Tensor):
+        return ids.to(device=device, dtype=torch.int64).reshape(b)
+    paths = batch.get("path")
+    if isinstance(paths, (list, tuple)) and len(paths) == b and all(isinstance(p, str) for p in paths):
+        return torch.tensor([video_id(p) for p in paths], dtype=torch.int64, device=device)
+    return None
+
+
+def contrast(module: SyncContrastive, a: Tensor, v: Tensor, batch: Mapping[str, Any],
+             gather_distributed: bool) -> tuple[Tensor, dict[str, Tensor]]:
+    """``module`` on the (gathered) embeddings [B, S, D]; video ids only where the negatives need them
+    (cross_video); with ``local_loss`` only this rank's rows against the gathered columns."""
+    ids = None
+    if module.current_negatives == "cross_video":
+        ids = batch_video_ids(batch, int(a.shape[0]), a.device)
+        if ids is not None and gather_distributed:
+            ids = gather_no_grad(ids)
+    local = local_clip_slice(int(a.shape[0])) if module.local_loss and gather_distributed else None
+    if gather_distributed:
+        a, v = gather_with_grad(a), gather_with_grad(v)
+    return module(a, v, video_ids=ids, local_clips=local)

@@ -1,7 +1,7 @@
 """Masked-prediction losses (MAE-style): normalised-patch targets, masked MSE and its predict-the-mean baseline.
 
 Predictions and targets are ``[N, L, P]`` per token in grid order; masks are bool ``[N, L]``, True = hidden (masks
-are drawn in ``avssl.models.mae.make_mask``).
+are drawn in ``avssl.objectives.mae.make_mask``).
 """
 
 from __future__ import annotations
