@@ -131,3 +131,34 @@ def test_avssl_train_objective_avc_fast_dev_run_prints_its_metrics(tmp_path: Pat
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "val/loss_avc = " in proc.stdout and "val/avc_acc = " in proc.stdout
+
+
+def test_only_the_modalities_the_objectives_need_are_decoded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """An audio-only objective trains without one video frame decoded (dataset and DataModule)."""
+    from mediagen import make_av_file
+
+    from avssl.data.datasets import AVClipDataset
+    from avssl.data.manifest import ManifestRow
+    from avssl.data.media import MediaReader
+    from avssl.data.sampling import ClipSpec
+    from avssl.lit.run import train
+
+    decoded: list[str] = []
+    real = MediaReader._read_video_pyav
+
+    def spy(self, *args, **kwargs):  # noqa: ANN001, ANN202
+        decoded.append(self.path)
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(MediaReader, "_read_video_pyav", spy)
+    truth = make_av_file(tmp_path / "a.mp4", duration=2.0)
+    rows = [ManifestRow(path=truth.path, start=0.0, end=2.0)]
+    kw = dict(clip=ClipSpec(2, 0.5), fps=8, frame_size=16, mode="center", label_column=None)
+    item = AVClipDataset(rows, modalities=("audio",), **kw)[0]
+    assert "video" not in item and item["audio"].shape[0] == 2 and not decoded
+    assert "video" in AVClipDataset(rows, **kw)[0] and decoded
+    decoded.clear()
+    cfg = _compose("objective=masked", "objective.weights.mae_video=0", "debug=[tiny,fast_dev_run]",
+                   "data.num_workers=0", "data.persistent_workers=false", f"data.demo.cache_dir={tmp_path / 'demo'}")
+    out = train(cfg, output_dir=tmp_path / "run")
+    assert "val/loss_mae_audio" in out.metrics and out.monitor == "val/loss" and not decoded

@@ -95,6 +95,7 @@ class AVClipDataset(Dataset[dict[str, Any]]):
         max_bad_fraction: float = 0.1,
         max_open_files: int = 8,
         decode_size: int | None = None,
+        modalities: Sequence[str] = ("video", "audio"),
     ) -> None:
         if mode not in ("random", "uniform", "center"):
             raise ValueError(f"AVClipDataset: mode must be 'random', 'uniform' or 'center', got {mode!r}")
@@ -128,6 +129,10 @@ class AVClipDataset(Dataset[dict[str, Any]]):
         # ``decode_size`` resizes the short side while decoding (swscale), before the video transform.
         self.max_open_files, self.decode_size = max(0, max_open_files), decode_size
         self._readers: OrderedDict[str, MediaReader] = OrderedDict()
+        self.modalities = tuple(m for m in ("video", "audio") if m in modalities)  # only these are decoded
+        if not self.modalities or set(modalities) - {"video", "audio"}:
+            raise ValueError(f"AVClipDataset: modalities must be a non-empty subset of (video, audio), got "
+                             f"{tuple(modalities)}")
         self.video_transform = video_transform or VideoTransform(frame_size, train=mode == "random")
         self.audio_transform = audio_transform
         self.rows: list[ManifestRow] = []
@@ -254,7 +259,8 @@ class AVClipDataset(Dataset[dict[str, Any]]):
         try:
             win = reader.read(w0, wdur, frame_times=self.spec.frame_targets(v_starts).reshape(-1),
                               sample_rate=self.sample_rate, mono=True, size=self.decode_size,
-                              allow_missing_audio=self.allow_missing_audio, orient=self._orient[row_index])
+                              allow_missing_audio=self.allow_missing_audio, orient=self._orient[row_index],
+                              modalities=self.modalities)
         except MediaError:
             self._readers.pop(row.path, None)
             reader.close()
@@ -267,7 +273,12 @@ class AVClipDataset(Dataset[dict[str, Any]]):
         """Decode item ``index`` and cut its raw segments (``avssl.data.preprocess``); also returns the video and
         audio segment starts. Raises ``MediaError`` for a broken file (no skipping here)."""
         win, v_starts, a_starts = self.read_window(index)
-        frames, frames_valid = cut_video(self.spec, win.frames, win.frame_times, v_starts, valid=win.frames_valid)
+        if "video" not in self.modalities:
+            s, t = len(v_starts), self.spec.frames_per_segment
+            frames, frames_valid = torch.zeros((s, t, 1, 1, 3), dtype=torch.uint8), torch.zeros(s, t, dtype=torch.bool)
+        else:
+            frames, frames_valid = cut_video(self.spec, win.frames, win.frame_times, v_starts,
+                                             valid=win.frames_valid)
         wave, mask = cut_audio(self.spec, win.audio, win.audio_start, a_starts, valid=win.audio_valid)
         return SegmentCut(frames, frames_valid, wave, mask), v_starts, a_starts
 
@@ -275,26 +286,27 @@ class AVClipDataset(Dataset[dict[str, Any]]):
         row = self.rows[self._items[index][0]]
         cut, v_starts, _ = self.read_clip(index)
         gen = self._generator("view", index)
-        if isinstance(self.video_transform, VideoTransform):  # one crop/flip shared by all S segments
-            video = self.video_transform(cut.frames, generator=gen)
-        else:
-            video = self.video_transform(cut.frames)
-        video_valid = cut.frames_valid
-        spec, audio_valid = self.spec.audio_features(cut.audio, cut.audio_valid)  # [S, 1, F, M], [S, F]
-        if isinstance(self.audio_transform, SpecAugment):
-            spec = self.audio_transform(spec, generator=gen)
-        elif self.audio_transform is not None:
-            spec = self.audio_transform(spec)
-        return {
-            "video": video.float(),
-            "audio": spec.float(),
-            "video_valid": video_valid,
-            "audio_valid": audio_valid,
+        sample: dict[str, Any] = {}
+        if "video" in self.modalities:
+            if isinstance(self.video_transform, VideoTransform):  # one crop/flip shared by all S segments
+                video = self.video_transform(cut.frames, generator=gen)
+            else:
+                video = self.video_transform(cut.frames)
+            sample["video"], sample["video_valid"] = video.float(), cut.frames_valid
+        if "audio" in self.modalities:
+            spec, audio_valid = self.spec.audio_features(cut.audio, cut.audio_valid)  # [S, 1, F, M], [S, F]
+            if isinstance(self.audio_transform, SpecAugment):
+                spec = self.audio_transform(spec, generator=gen)
+            elif self.audio_transform is not None:
+                spec = self.audio_transform(spec)
+            sample["audio"], sample["audio_valid"] = spec.float(), audio_valid
+        sample.update({
             "segment_starts": torch.tensor(v_starts, dtype=torch.float64),
             "label": torch.tensor(self.label_of(row), dtype=torch.int64),
             "index": torch.tensor(index, dtype=torch.int64),
             "path": row.path,
-        }
+        })
+        return sample
 
 
 # ---------------------------------------------------------------------- folders

@@ -75,6 +75,12 @@ def select_frames(
     return idx, targets, t[idx], valid
 
 
+def _no_video() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The video fields of a window read without its video (``modalities=("audio",)``)."""
+    empty = torch.zeros(0, dtype=torch.float64)
+    return torch.zeros((0, 1, 1, 3), dtype=torch.uint8), empty, empty.clone(), torch.zeros(0, dtype=torch.bool)
+
+
 _INHERITED: list[Any] = []  # decoders inherited from a parent process through fork: kept, never freed
 
 
@@ -169,8 +175,10 @@ class MediaReader:
         allow_missing_audio: bool = False,
         orient: str | Orientation | None = None,
         frame_times: Sequence[float] | np.ndarray | None = None,
+        modalities: Sequence[str] = ("video", "audio"),
     ) -> AVWindow:
-        """Frames and audio of ``[start, start + duration)``; see ``read_av_window``."""
+        """Frames and audio of ``[start, start + duration)``; see ``read_av_window``. A modality left out of
+        ``modalities`` is not decoded at all (its fields are empty: no frames, or silent invalid audio)."""
         start, duration = float(start), float(duration)
         targets = None
         if frame_times is not None:
@@ -200,7 +208,7 @@ class MediaReader:
         info = self.info
         if info.video is None:
             raise MissingStreamError(self.path, "no video stream")
-        if info.audio is None and not allow_missing_audio:
+        if info.audio is None and not allow_missing_audio and "audio" in modalities:
             raise MissingStreamError(self.path, "no audio stream (pass allow_missing_audio=True for silence)")
         end = start + duration
         if end <= 0 or (info.duration is not None and start >= info.duration):
@@ -208,12 +216,22 @@ class MediaReader:
                 self.path,
                 f"window [{start:.3f}, {end:.3f}) s lies outside the file (duration {info.duration} s)",
             )
+        unknown = sorted(set(modalities) - {"video", "audio"})
+        if unknown or not modalities:
+            raise ValueError(f"modalities must be a non-empty subset of ('video', 'audio'), got {tuple(modalities)}")
         try:
-            if self.backend == "pyav":
+            if "video" not in modalities:
+                video = _no_video()
+            elif self.backend == "pyav":
                 video = self._read_video_pyav(start, duration, fps, size, targets)
             else:
                 video = self._read_video_decord(start, duration, fps, size, targets)
-            audio, audio_valid = self._read_audio(start, duration, sample_rate, mono)
+            if "audio" in modalities:
+                audio, audio_valid = self._read_audio(start, duration, sample_rate, mono)
+            else:
+                n = int(round(duration * sample_rate))
+                audio = torch.zeros((n,) if mono else (1, n), dtype=torch.float32)
+                audio_valid = torch.zeros(n, dtype=torch.bool)
         except MediaError:
             raise
         except Exception as e:  # a decoder failure of any kind: name the file

@@ -10,18 +10,18 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-from collections.abc import Iterator
-from pathlib import Path
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import lightning.pytorch as pl
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from avssl.data.datasets import AVClipDataset, scan_folder
+from avssl.data.datasets import AVClipDataset
 from avssl.data.features import FbankConfig, num_frames
-from avssl.data.manifest import ManifestRow, read_manifest
+from avssl.data.manifest import ManifestRow
 from avssl.data.sampling import ClipSpec, hash_uniform
+from avssl.data.sources import get_source, source_rows
 from avssl.data.transforms import SpecAugment, VideoTransform
 from avssl.lit.distributed import ResumableDataLoader
 
@@ -182,29 +182,17 @@ class EpochClips(Dataset[dict[str, Any]]):
         return self.base[i % n]
 
 
-def _folder_split(rows: list[ManifestRow], val_fraction: float, seed: int) -> list[ManifestRow]:
-    """Assign a seeded ``val_fraction`` of the files to the val split (stable per path)."""
-    if not 0.0 < val_fraction < 1.0:
-        raise ValueError(f"data.val_fraction must lie in (0, 1) for a folder source, got {val_fraction}")
-    out = []
-    for r in rows:
-        val = hash_uniform("split", seed, os.path.basename(r.path), r.path) < val_fraction
-        out.append(dataclasses.replace(r, split="val" if val else "train"))
-    return out
-
-
 class AVDataModule(pl.LightningDataModule):
     """Train/val DataLoaders from the ``data`` config section (plain dict, see ``avssl.config.DataConfig``)."""
 
-    def __init__(self, data: dict[str, Any], seed: int = 0):
+    def __init__(self, data: dict[str, Any], seed: int = 0, modalities: Sequence[str] = ("video", "audio")):
         super().__init__()
         self.cfg = dict(data)
         self.seed = int(seed)
-        source = self.cfg["source"]
-        if source not in ("demo", "manifest", "folder", "shards"):
-            raise ValueError(f"data.source must be 'demo', 'manifest', 'folder' or 'shards', got {source!r}")
-        if source != "demo" and not self.cfg.get("path"):
-            raise ValueError(f"data.path must be set for data.source={source!r}")
+        self.modalities = tuple(modalities)  # what the active objectives read: only these are decoded
+        src = get_source(self.cfg["source"])  # the registry: demo | manifest | folder | shards
+        if src.needs_path and not self.cfg.get("path"):
+            raise ValueError(f"data.path must be set for data.source={src.name!r}")
         if self.cfg.get("val_order", "shuffled") not in ("shuffled", "sequential"):
             raise ValueError(f"data.val_order must be 'shuffled' or 'sequential', got {self.cfg['val_order']!r}")
         self.fbank = fbank_config(self.cfg)
@@ -221,26 +209,17 @@ class AVDataModule(pl.LightningDataModule):
             self._demo_manifest()
 
     def _demo_manifest(self) -> str:
-        from avssl.data.demo import ensure_demo_dataset
-
-        params = dict(self.cfg["demo"])
-        cache_dir = params.pop("cache_dir", None)
-        return str(ensure_demo_dataset(cache_dir, **params))
+        rows = source_rows("demo", None, {"demo": dict(self.cfg["demo"])})
+        assert rows.manifest_path is not None
+        return rows.manifest_path
 
     def _rows(self) -> list[ManifestRow]:
-        source = self.cfg["source"]
-        if source == "demo":
-            self.manifest_path = self._demo_manifest()
-            return list(read_manifest(self.manifest_path))
-        path = Path(os.path.expanduser(str(self.cfg["path"])))
-        if source == "manifest":
-            if not path.is_file():
-                raise FileNotFoundError(f"data.path: manifest {path} not found")
-            self.manifest_path = str(path)
-            return list(read_manifest(path))
-        if not path.is_dir():
-            raise FileNotFoundError(f"data.path: folder {path} not found")
-        return _folder_split(list(scan_folder(path)), float(self.cfg["val_fraction"]), self.seed)
+        """The rows of ``data.source`` from the sources registry (``avssl.data.sources``)."""
+        path = None if self.cfg.get("path") is None else os.path.expanduser(str(self.cfg["path"]))
+        res = source_rows(self.cfg["source"], path, {"demo": dict(self.cfg["demo"]), "seed": self.seed,
+                                                     "val_fraction": float(self.cfg["val_fraction"])})
+        self.manifest_path = res.manifest_path
+        return res.rows
 
     def _dataset(self, rows: list[ManifestRow], split: str, train: bool, check_empty: bool = True) -> AVClipDataset:
         c, aug = self.cfg, self.cfg.get("augment") or {}
@@ -268,6 +247,7 @@ class AVDataModule(pl.LightningDataModule):
             label_column=c.get("label_column"),
             allow_missing_audio=bool(c["allow_missing_audio"]),
             max_bad_fraction=float(c["max_bad_fraction"]),
+            modalities=self.modalities,
         )
         if check_empty and len(ds) == 0:
             where = self.manifest_path or self.cfg.get("path")

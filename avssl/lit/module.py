@@ -28,6 +28,11 @@ from avssl.objectives.metrics import retrieval_top1, sync_acc
 VAL_MASK_SEED = 1234  # masks in validation are drawn from generators seeded with VAL_MASK_SEED + batch_idx
 
 
+def _batch_size(batch: dict[str, Any]) -> int:
+    """Clips in a batch (it holds the modalities the objectives read: video, audio or both)."""
+    return int(next(batch[m] for m in ("video", "audio") if m in batch).shape[0])
+
+
 class AVSSLModule(pl.LightningModule):
     """Pretrains a video and an audio encoder with the objectives named in ``objective``.
 
@@ -147,20 +152,22 @@ class AVSSLModule(pl.LightningModule):
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         out = self.model(batch, generator=None)
         logs = {"loss": out.loss.detach(), **dict(out.logs)}  # includes in-batch sync_acc / retrieval_top1
-        self._log_dict("train", logs, int(batch["video"].shape[0]), on_step=True)
+        self._log_dict("train", logs, _batch_size(batch), on_step=True)
         self._log_bad_files(batch)
         return out.loss
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         gen = torch.Generator().manual_seed(VAL_MASK_SEED + batch_idx)
         out = self.model(batch, generator=gen)
-        bsz = int(batch["video"].shape[0])
+        bsz = _batch_size(batch)
         logs = {k: v for k, v in out.logs.items() if not k.startswith(("sync_acc", "retrieval_top1"))}
         logs["loss"] = out.loss.detach()
         if out.unmasked and out.audio_emb is not None and out.video_emb is not None:
             emb: tuple[Tensor, Tensor] | None = (out.audio_emb, out.video_emb)  # the loss's, unmasked: encode once
-        else:  # e.g. joint-contrastive embeddings in forward come from masked inputs: re-embed unmasked
+        elif "video" in batch and "audio" in batch:  # e.g. joint-contrastive ones come from masked inputs
             emb = self.segment_embeddings(batch["video"], batch["audio"])
+        else:  # a one-modality objective: no cross-modal metrics
+            emb = None
         if emb is not None:
             a, v = emb
             logs.update(sync_acc(a, v))

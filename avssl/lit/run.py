@@ -19,7 +19,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from avssl.lit.callbacks import build_callbacks
-from avssl.lit.datamodule import AVDataModule
+from avssl.lit.datamodule import AVDataModule, preprocessing_from_data
 from avssl.lit.distributed import (
     ExactResumeCallback,
     LocalValidationCallback,
@@ -135,8 +135,10 @@ def train(cfg: DictConfig | dict[str, Any], output_dir: str | os.PathLike[str] |
     start = time.time()
     pl.seed_everything(int(plain["seed"]), workers=True, verbose=False)
 
-    dm = AVDataModule(plain["data"], seed=int(plain["seed"]))
-    module = AVSSLModule.from_config(plain, dm.preprocessing)
+    module = AVSSLModule.from_config(plain, preprocessing_from_data(plain["data"]))
+    model_parts: Any = module.model
+    # only what the active objectives read is decoded (e.g. no video for an audio-only masked objective)
+    dm = AVDataModule(plain["data"], seed=int(plain["seed"]), modalities=model_parts.modalities)
     ck = plain["callbacks"]["checkpoint"]
     if ck["monitor"] == "auto":  # what the active objectives track
         model: Any = module.model

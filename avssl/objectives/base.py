@@ -39,6 +39,7 @@ class StepInputs:
     b: int
     s: int
     generator: torch.Generator | None = None
+    gather_distributed: bool = True  # gather embeddings across ranks for contrastive terms (off in DDP validation)
 
     def flat(self, modality: str) -> Tensor:
         """That modality's segments as one batch of independent rows: [B * S, ...]."""
@@ -58,13 +59,12 @@ class ObjectiveOutput:
 
 @dataclass(frozen=True)
 class BuildContext:
-    """What an objective may read while building its heads and decoders: the encoders, the active term weights,
-    the model config (e.g. ``embed_dim`` for projection heads) and the distributed settings."""
+    """What an objective may read while building its heads and decoders: the encoders, the active term weights
+    and the model config (e.g. ``embed_dim`` for projection heads)."""
 
     encoders: Mapping[str, Encoder]
     weights: Mapping[str, float]
     model: Mapping[str, Any]
-    gather_distributed: bool = True
 
     def active(self, term: str) -> bool:
         return float(self.weights.get(term, 0.0)) > 0
@@ -85,7 +85,6 @@ class Objective(nn.Module):
         super().__init__()
         self.options = options
         self.active_terms = tuple(t for t in self.terms if ctx.active(t))
-        self.gather_distributed = ctx.gather_distributed
 
     def forward(self, encoders: Mapping[str, Encoder], step: StepInputs) -> ObjectiveOutput:  # pragma: no cover
         raise NotImplementedError

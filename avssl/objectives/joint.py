@@ -245,7 +245,7 @@ class JointObjective(Objective):
             ja = res.embeddings["audio"].reshape(step.b, step.s, -1)
             jv = res.embeddings["video"].reshape(step.b, step.s, -1)
             out.terms["joint_contrastive"], logs = contrast(self.net.contrastive, ja, jv, step.batch,
-                                                            self.gather_distributed)
+                                                            step.gather_distributed)
             out.logs["temperature_joint"] = logs["temperature"]
             out.embeddings = (ja.detach(), jv.detach())  # of masked inputs: validation re-embeds unmasked
         return out

@@ -119,7 +119,7 @@ class AVPretrainModel(nn.Module):
         self.encoders = nn.ModuleDict({"video": video_encoder, "audio": audio_encoder})
         self.gather_distributed = gather_distributed
         ctx = BuildContext(encoders={m: self.encoder(m) for m in MODALITIES}, weights=self.combine.weights,
-                           model=model_cfg, gather_distributed=gather_distributed)
+                           model=model_cfg)
         active = sorted((cls for cls in OBJECTIVES.values() if any(ctx.active(t) for t in cls.terms)),
                         key=lambda c: (c.order, c.name))
         built: dict[str, Objective] = {}
@@ -205,7 +205,8 @@ class AVPretrainModel(nn.Module):
         active objectives need); masks draw from ``generator`` in the objectives' fixed order, so a seeded
         generator reproduces a step."""
         b, s = self._check_batch(batch, self.modalities)
-        step = StepInputs(batch, b, s, generator)
+        # read per step: DDP validation switches it off (avssl.lit.distributed), and every objective must see that
+        step = StepInputs(batch, b, s, generator, self.gather_distributed)
         encoders = {m: self.encoder(m) for m in MODALITIES}
         terms: dict[str, Tensor] = {}
         logs: dict[str, Tensor] = {}

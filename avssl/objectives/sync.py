@@ -80,7 +80,7 @@ class SyncObjective(Objective):
 
     def forward(self, encoders: Mapping[str, Encoder], step: StepInputs) -> ObjectiveOutput:
         a, v = self.project(encoders, step.batch["video"], step.batch["audio"])
-        loss, logs = contrast(self.loss, a, v, step.batch, self.gather_distributed)
+        loss, logs = contrast(self.loss, a, v, step.batch, step.gather_distributed)
         return ObjectiveOutput(
             {"sync": loss},
             {"loss_sync_a2v": logs["loss_a2v"], "loss_sync_v2a": logs["loss_v2a"], "temperature": logs["temperature"]},
