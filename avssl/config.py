@@ -18,7 +18,7 @@ from omegaconf import MISSING
 
 @dataclass
 class DemoConfig:
-    """The generated demo dataset: ``avssl.data.demo.ensure_demo_dataset(cache_dir, **params)``."""
+    """The generated demo dataset: ``avssl.data_tools.demo.ensure_demo_dataset(cache_dir, **params)``."""
 
     cache_dir: Optional[str] = None  # None: $AVSSL_CACHE/demo or ~/.cache/avssl/demo
     num_videos: int = 80

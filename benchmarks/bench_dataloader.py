@@ -19,8 +19,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from avssl.data.datasets import AVClipDataset
-from avssl.data.demo import make_demo_dataset
 from avssl.data.sampling import ClipSpec
+from avssl.data_tools.demo import make_demo_dataset
 
 
 def run(manifest: str, workers: int, batches: int, batch_size: int, frame_size: int, fps: float) -> dict:

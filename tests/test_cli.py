@@ -79,9 +79,16 @@ def test_installed_wheel_finds_its_configs(tmp_path: Path, cache: Path):
     if build.returncode != 0:
         pytest.skip(f"cannot build a wheel here: {build.stderr[-500:]}")
     wheel = next(dist.glob("avssl-*.whl"))
-    names = zipfile.ZipFile(wheel).namelist()
-    for cfg in ("avssl/conf/train.yaml", "avssl/conf/experiment/masked_av.yaml", "avssl/conf/model/vit.yaml"):
-        assert cfg in names, cfg
+    names = set(zipfile.ZipFile(wheel).namelist())
+    # conf/ and data_tools/ are real folders at the root (not links into avssl/), shipped as avssl.conf and
+    # avssl.data_tools: every YAML and module of them is in the wheel
+    assert (REPO / "conf").is_dir() and not (REPO / "conf").is_symlink() and not (REPO / "avssl" / "conf").exists()
+    assert (REPO / "data_tools").is_dir() and not (REPO / "data_tools").is_symlink()
+    for folder, package in (("conf", "avssl/conf"), ("data_tools", "avssl/data_tools")):
+        files = [p for p in (REPO / folder).rglob("*") if p.suffix in (".yaml", ".py") and "__pycache__" not in p.parts]
+        assert files
+        for p in files:
+            assert f"{package}/{p.relative_to(REPO / folder).as_posix()}" in names, p
     site = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(site)
     work = tmp_path / "work"

@@ -63,7 +63,7 @@ def test_prep_then_shards(work: Path):
 
 
 def test_export_extract_eval(work: Path):
-    from avssl.data.demo import make_demo_dataset
+    from avssl.data_tools.demo import make_demo_dataset
 
     manifest = make_demo_dataset(work / "demo", num_videos=4, duration=3.0, size=48, fps=16, val_fraction=0.5)
     fake_checkpoint(work / "m.ckpt", "cnn")

@@ -11,10 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from avssl.cli.prep import compose_prep_config
 from avssl.data.manifest import read_manifest
 from avssl.data.media import probe, read_av_window
 from avssl.data_tools import STAGES, InjectedFault, run_prep
-from avssl.data_tools.cli import compose_prep_config
 from avssl.data_tools.util import file_sha256
 
 sys.path.insert(0, str(Path(__file__).parent))

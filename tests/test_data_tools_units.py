@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from avssl.cli.prep import compose_prep_config
 from avssl.data_tools import FLAGS, QualityOptions, assign_split, discover, segment_flags, segment_grid
-from avssl.data_tools.cli import compose_prep_config
 from avssl.data_tools.metadata import load_transcripts, parse_clock, recording_metadata, utterances_json
 from avssl.data_tools.normalise import AUDIO_BLOCKS_PER_S, output_size
 from avssl.data_tools.pipeline import parse_shard

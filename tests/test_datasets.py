@@ -15,11 +15,11 @@ from torch.utils.data import DataLoader
 
 from avssl.data import datasets as dsmod
 from avssl.data.datasets import AVClipDataset, TooManyBadFiles, from_folder
-from avssl.data.demo import CLASS_NAMES, make_demo_dataset
 from avssl.data.features import FbankConfig, log_mel, normalize, num_frames
 from avssl.data.manifest import ManifestRow, read_manifest, write_manifest
 from avssl.data.media import read_av_window
 from avssl.data.sampling import ClipSpec
+from avssl.data_tools.demo import CLASS_NAMES, make_demo_dataset
 
 DUR = 3.0
 CLIP = ClipSpec(num_segments=4, segment_duration=0.5, audio_jitter=0.05)

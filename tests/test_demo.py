@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from avssl.data import demo
 from avssl.data.manifest import read_manifest
 from avssl.data.media import probe, read_av_window
+from avssl.data_tools import demo
 
 DUR = 2.5
 

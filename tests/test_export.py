@@ -152,7 +152,8 @@ assert "lightning" not in sys.modules and "pytorch_lightning" not in sys.modules
 print("OK")
 """
     env = {**os.environ, "PYTHONPATH": str(Path(avssl.__file__).parents[1])}
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120,
+                         cwd=tmp_path)  # not the repository root: its avssl/ would shadow the installed package
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip() == "OK"
 
@@ -575,6 +576,7 @@ assert "lightning" not in sys.modules, "lightning was imported"
 print("OK")
 """
     env = {**os.environ, "PYTHONPATH": str(Path(avssl.__file__).parents[1])}
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300,
+                         cwd=tmp_path)  # not the repository root: its avssl/ would shadow the installed package
     assert res.returncode == 0, res.stderr[-3000:]
     assert res.stdout.strip() == "OK"

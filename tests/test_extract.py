@@ -23,7 +23,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 @pytest.fixture(scope="module")
 def media(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Eight 3 s demo videos (4 classes, half in val) and their manifest."""
-    from avssl.data.demo import make_demo_dataset
+    from avssl.data_tools.demo import make_demo_dataset
 
     root = tmp_path_factory.mktemp("media")
     return make_demo_dataset(root, num_videos=8, duration=3.0, size=48, fps=16, val_fraction=0.5)

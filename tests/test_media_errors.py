@@ -7,17 +7,14 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import textwrap
-from pathlib import Path
 
 import pytest
 from mediagen import make_garbage_file, make_truncated_copy
 
 from avssl.data.errors import InvalidWindow, MediaError, MissingStreamError
 from avssl.data.media import MediaReader, read_av_window
-
-ROOT = Path(__file__).resolve().parents[1]
-
 
 _RUNNER = textwrap.dedent(
     """
@@ -54,9 +51,10 @@ def bad_inputs(av_file, tmp_path_factory) -> dict:
         "trunc_mkv_ok": (make_truncated_copy(av_file("trunc.mkv").path, d / "trunc_ok.mkv", 0.6), 0.2, 0.5),
     }
     arg = json.dumps([[k, *v] for k, v in cases.items()])
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # the installed package
     out = subprocess.run(
-        [sys.executable, "-c", _RUNNER, arg], capture_output=True, text=True, timeout=120, env=env
+        [sys.executable, "-c", _RUNNER, arg], capture_output=True, text=True, timeout=120, env=env,
+        cwd=tempfile.gettempdir(),  # not the repository root, whose avssl/ would shadow the installed package
     )
     assert out.returncode == 0, out.stderr[-2000:]
     results = json.loads(out.stdout.strip().splitlines()[-1])

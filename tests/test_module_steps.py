@@ -81,9 +81,9 @@ def test_bad_files_counts_distinct_files_not_skips(tmp_path: Path, monkeypatch):
     """One broken file with three clips (uniform mode), read by two DataLoader workers: three skip events, one
     bad file. The samples carry the newly found broken paths; the module counts distinct ones."""
     from avssl.data.datasets import AVClipDataset
-    from avssl.data.demo import make_demo_dataset
     from avssl.data.manifest import read_manifest, write_manifest
     from avssl.data.sampling import ClipSpec
+    from avssl.data_tools.demo import make_demo_dataset
 
     rows = list(read_manifest(make_demo_dataset(tmp_path / "demo", num_videos=2, duration=3.0, seed=5)))
     bad = make_garbage_file(tmp_path / "broken.mp4", seed=0)

@@ -11,6 +11,7 @@ import torch
 from hydra import compose, initialize_config_module
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
+from avssl.lit.callbacks import resolve_monitor
 from avssl.lit.datamodule import AVDataModule
 from avssl.lit.distributed import rng_state, set_rng_state
 from avssl.lit.module import AVSSLModule
@@ -46,6 +47,7 @@ def _run(cache: str, out: Path, recorder: _Recorder, ckpt_path: str | None = Non
     pl.seed_everything(int(plain["seed"]), workers=True, verbose=False)
     dm = AVDataModule(plain["data"], seed=int(plain["seed"]))
     module = AVSSLModule.from_config(plain, dm.preprocessing)
+    resolve_monitor(plain["callbacks"]["checkpoint"], module.model.default_monitor)  # as avssl-train does
     trainer = build_trainer(plain, out)
     trainer.callbacks.extend([  # type: ignore[attr-defined]
         recorder, ModelCheckpoint(dirpath=str(out / "ckpt"), filename="step{step}", auto_insert_metric_name=False, every_n_train_steps=STOP_AT,
@@ -122,11 +124,12 @@ def test_resume_with_another_model_or_data_config_is_an_error_naming_what_differ
 
 
 def test_checkpoint_every_n_train_steps_config():
-    from avssl.lit.callbacks import build_callbacks
+    from avssl.lit.callbacks import build_callbacks, resolve_monitor
 
     with initialize_config_module("avssl.conf", version_base="1.3"):
         cfg = compose("train", overrides=["callbacks.checkpoint.every_n_train_steps=50"])
     plain = to_plain(cfg)
+    resolve_monitor(plain["callbacks"]["checkpoint"], ("val/sync_acc", "max"))  # what the sync objective tracks
     cbs = [c for c in build_callbacks(plain["callbacks"], "/tmp/ck") if isinstance(c, ModelCheckpoint)]
     assert [(c._every_n_epochs, c._every_n_train_steps, c.monitor) for c in cbs] == [
         (1, 0, "val/sync_acc"), (0, 50, None)]  # best-by-metric per epoch; last.ckpt every 50 steps

@@ -20,7 +20,6 @@ pytest.importorskip("webdataset")
 
 from mediagen import detect_audio_onsets, detect_flash_times, make_av_file  # noqa: E402
 
-from avssl.data.demo import make_demo_dataset  # noqa: E402
 from avssl.data.manifest import ManifestRow, write_manifest  # noqa: E402
 from avssl.data.media import read_av_window  # noqa: E402
 from avssl.data.sampling import ClipSpec  # noqa: E402
@@ -32,6 +31,7 @@ from avssl.data.shards import (  # noqa: E402
     plan_epoch,
     write_shards,
 )
+from avssl.data_tools.demo import make_demo_dataset  # noqa: E402
 
 CFG = ShardWriteConfig(samples_per_shard=2, max_segment_duration=1.0, min_segment_duration=0.5, size=48, fps=8)
 

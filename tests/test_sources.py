@@ -11,7 +11,7 @@ from mediagen import make_av_file
 from avssl.data import sources
 from avssl.data.datasets import VIDEO_EXTENSIONS, scan_folder
 from avssl.data.manifest import ManifestRow
-from avssl.data.stats import MEDIA_EXTENSIONS as STATS_EXTENSIONS
+from avssl.data_tools.stats import MEDIA_EXTENSIONS as STATS_EXTENSIONS
 from avssl.evaluation.sources import resolve_items
 
 

@@ -8,8 +8,9 @@ import math
 import pytest
 import torch
 
+from avssl.cli.stats import main
 from avssl.data.features import FbankConfig, log_mel
-from avssl.data.stats import RunningMoments, compute_stats, main
+from avssl.data_tools.stats import RunningMoments, compute_stats
 
 LOG_EPS = math.log(torch.finfo(torch.float32).eps)
 

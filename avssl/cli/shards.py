@@ -38,7 +38,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from avssl.data.errors import MediaError
     from avssl.data.manifest import ManifestError
-    from avssl.data.shards import ShardError, ShardIndex, ShardWriteConfig, write_shards
+    from avssl.data.shards import ShardError, ShardIndex
+    from avssl.data_tools.shards import ShardWriteConfig, write_shards
 
     if args.inspect:
         try:

@@ -111,9 +111,9 @@ def source_rows(name: str, path: str | os.PathLike[str] | None = None,
 
 @register_source("demo", needs_path=False)
 def _demo(path: str | None, options: Mapping[str, Any]) -> SourceRows:
-    """The built-in demo data (generated once and cached; ``avssl.data.demo``)."""
-    from avssl.data.demo import ensure_demo_dataset
+    """The built-in demo data (generated once and cached; ``avssl.data_tools.demo``)."""
     from avssl.data.manifest import read_manifest
+    from avssl.data_tools.demo import ensure_demo_dataset
 
     params = dict(options.get("demo") or {})
     cache = params.pop("cache_dir", None)

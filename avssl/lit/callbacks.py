@@ -8,6 +8,18 @@ from typing import Any
 from lightning.pytorch.callbacks import Callback, EarlyStopping, LearningRateMonitor, ModelCheckpoint
 
 
+def resolve_monitor(checkpoint: dict[str, Any], default: tuple[str, str]) -> None:
+    """Fill ``callbacks.checkpoint.monitor: auto`` (and ``mode: auto``) in place with ``default``, the
+    ``(metric, mode)`` the active objectives track (``AVPretrainModel.default_monitor``)."""
+    if checkpoint["monitor"] == "auto":
+        checkpoint["monitor"] = default[0]
+        if checkpoint["mode"] == "auto":
+            checkpoint["mode"] = default[1]
+    elif checkpoint["mode"] == "auto":
+        raise ValueError(f"callbacks.checkpoint.mode=auto goes with monitor=auto; give min or max for "
+                         f"{checkpoint['monitor']}")
+
+
 def build_callbacks(cfg: dict[str, Any], checkpoint_dir: str | Path, has_logger: bool = True) -> list[Callback]:
     """Callbacks from the ``callbacks`` config section; checkpoints go to ``checkpoint_dir``.
 
@@ -18,6 +30,8 @@ def build_callbacks(cfg: dict[str, Any], checkpoint_dir: str | Path, has_logger:
     """
     out: list[Callback] = []
     ck = cfg["checkpoint"]
+    if "auto" in (ck["monitor"], ck["mode"]):
+        raise ValueError("callbacks.checkpoint.monitor/mode 'auto' must be resolved first (resolve_monitor)")
     if ck["enabled"]:
         if ck["mode"] not in ("min", "max"):
             raise ValueError(f"callbacks.checkpoint.mode must be 'min' or 'max', got {ck['mode']!r}")

@@ -18,7 +18,7 @@ import lightning.pytorch as pl
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from avssl.lit.callbacks import build_callbacks
+from avssl.lit.callbacks import build_callbacks, resolve_monitor
 from avssl.lit.datamodule import AVDataModule, preprocessing_from_data
 from avssl.lit.distributed import (
     ExactResumeCallback,
@@ -140,12 +140,7 @@ def train(cfg: DictConfig | dict[str, Any], output_dir: str | os.PathLike[str] |
     # only what the active objectives read is decoded (e.g. no video for an audio-only masked objective)
     dm = AVDataModule(plain["data"], seed=int(plain["seed"]), modalities=model_parts.modalities)
     ck = plain["callbacks"]["checkpoint"]
-    if ck["monitor"] == "auto":  # what the active objectives track
-        model: Any = module.model
-        ck["monitor"], mode = model.default_monitor
-        ck["mode"] = mode if ck["mode"] == "auto" else ck["mode"]
-    elif ck["mode"] == "auto":
-        raise ValueError(f"callbacks.checkpoint.mode=auto goes with monitor=auto; give min or max for {ck['monitor']}")
+    resolve_monitor(ck, model_parts.default_monitor)  # "auto": what the active objectives track
     trainer = build_trainer(plain, out_dir)
 
     ckpt_path = plain.get("ckpt_path")

@@ -1,4 +1,5 @@
-"""``avssl-prep``: the Hydra entry point of the preprocessing pipeline (config: avssl/conf/prep/prep.yaml)."""
+"""``avssl-prep``: the Hydra entry point of the preprocessing pipeline (``avssl.data_tools``; config:
+conf/prep/prep.yaml, installed as avssl/conf/prep)."""
 
 from __future__ import annotations
 
