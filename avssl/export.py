@@ -27,6 +27,9 @@ import torch
 from torch import Tensor, nn
 
 from avssl.data.preprocess import Preprocessor, resample  # noqa: F401  (the one cutter; export.Preprocessor kept)
+from avssl.models.base import Encoder
+from avssl.models.heads import ProjectionHead
+from avssl.objectives.joint import JointLayer
 from avssl.weights import (  # the weight I/O layer (re-exported here: avssl.export.ExportError, ...)
     CONFIG_FILE,
     FORMAT_VERSION,
@@ -74,10 +77,10 @@ class PretrainedEncoder(nn.Module):
 
     def __init__(
         self,
-        encoder: Any,
+        encoder: Encoder,
         *,
-        head: Any | None = None,
-        joint: Any | None = None,
+        head: ProjectionHead | None = None,
+        joint: JointLayer | None = None,
         embedding: str = "head",
         preprocessing: Mapping[str, Any] | None = None,
         config: Mapping[str, Any] | None = None,
@@ -90,9 +93,9 @@ class PretrainedEncoder(nn.Module):
         if embedding == "joint" and joint is None:
             raise ValueError("embedding='joint' needs the joint layer")
         self.modality: str = encoder.modality
-        self.encoder: Any = encoder
-        self.head: Any = head
-        self.joint: Any = joint
+        self.encoder: Encoder = encoder
+        self.head: ProjectionHead | None = head
+        self.joint: JointLayer | None = joint
         self.embedding = embedding
         self.preprocessing = dict(preprocessing or {})
         self.config: dict[str, Any] = dict(config or {})
@@ -109,12 +112,13 @@ class PretrainedEncoder(nn.Module):
     @property
     def num_features(self) -> int:
         """Width of the tokens of :meth:`forward_features`."""
-        return int(self.joint.dim) if self.embedding == "joint" else int(self.encoder.num_features)
+        return int(self.joint.dim) if self.joint is not None and self.embedding == "joint" else int(
+            self.encoder.num_features)
 
     @property
     def embed_dim(self) -> int:
         """Width of the embedding returned by :meth:`forward`."""
-        return int(self.head.out_dim) if self.embedding == "head" else self.num_features  # type: ignore[union-attr]
+        return int(self.head.out_dim) if self.head is not None and self.embedding == "head" else self.num_features
 
     def preprocess(
         self,
@@ -150,24 +154,24 @@ class PretrainedEncoder(nn.Module):
 
     def forward_features(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
         tokens = self.encoder.forward_features(x, mask=mask)
-        if self.embedding == "joint":
-            tokens = self.joint({self.modality: tokens})[self.modality]  # type: ignore[misc]
+        if self.embedding == "joint" and self.joint is not None:
+            tokens = self.joint({self.modality: tokens})[self.modality]
         return tokens
 
     def forward(self, x: Tensor) -> Tensor:
         if self.embedding == "joint":
             pooled = self.forward_features(x).mean(dim=1)
-        elif self.embedding == "encoder":
+        elif self.embedding == "encoder" or self.head is None:
             pooled = self.encoder(x)
         else:
-            pooled = self.head(self.encoder(x))  # type: ignore[misc]
+            pooled = self.head(self.encoder(x))
         return torch.nn.functional.normalize(pooled, dim=-1)
 
 
 # --- building from a pretraining model --------------------------------------------------------------------------
 
 
-def _head_config(head: Any) -> dict[str, Any]:
+def _head_config(head: ProjectionHead) -> dict[str, Any]:
     linears = [m for m in head.modules() if isinstance(m, nn.Linear)]
     hidden = linears[0].out_features if len(linears) > 1 else None
     return {
@@ -178,7 +182,7 @@ def _head_config(head: Any) -> dict[str, Any]:
     }
 
 
-def _joint_config(layer: Any, modality: str, encoder: Any) -> dict[str, Any]:
+def _joint_config(layer: JointLayer, modality: str, encoder: Encoder) -> dict[str, Any]:
     return {
         "in_dims": {modality: int(encoder.num_features)},
         "dim": int(layer.dim),
