@@ -29,6 +29,7 @@ import torch
 from torch import Tensor
 
 from avssl.data.features import FbankConfig, log_mel, normalize, num_frames, valid_frames
+from avssl.data.sampling import ClipSpec
 from avssl.data.transforms import IMAGENET_MEAN, IMAGENET_STD, VideoTransform
 
 __all__ = ["EPS", "PreprocessSpec", "Preprocessor", "SegmentCut", "audio_window", "cut_audio", "cut_video", "resample",
@@ -79,18 +80,22 @@ class PreprocessSpec:
         return num_frames(self.samples_per_segment, self.fbank)
 
     @property
+    def clip(self) -> ClipSpec:
+        """The clip layout (segments, duration, gap) as ``avssl.data.sampling.ClipSpec``, whose rule is shared."""
+        return ClipSpec(self.num_segments, self.segment_duration, self.segment_gap)
+
+    @property
     def segment_stride(self) -> float:
-        return self.segment_duration + self.segment_gap
+        return self.clip.segment_stride
 
     @property
     def clip_duration(self) -> float:
-        return self.num_segments * self.segment_duration + (self.num_segments - 1) * self.segment_gap
+        return self.clip.clip_duration
 
     # -- times -------------------------------------------------------------------------------------------------
     def segment_starts(self, start: float, num_segments: int | None = None) -> list[float]:
         """``s_k = start + k * (segment_duration + segment_gap)`` for ``k < num_segments`` (default: the spec's)."""
-        n = self.num_segments if num_segments is None else int(num_segments)
-        return [float(start) + k * self.segment_stride for k in range(n)]
+        return self.clip.starts(start, num_segments)
 
     def frame_targets(self, starts: Sequence[float]) -> np.ndarray:
         """float64 ``[S, T]``: the instants ``s_k + j / fps`` whose on-screen frames make up each segment."""

@@ -61,6 +61,12 @@ class ClipSpec:
         """Seconds from the start of the first segment to the end of the last."""
         return self.num_segments * self.segment_duration + (self.num_segments - 1) * self.segment_gap
 
+    def starts(self, clip_start: float, num_segments: int | None = None) -> list[float]:
+        """``s_k = clip_start + k * (segment_duration + segment_gap)`` for ``k < num_segments`` (default: S): the
+        one rule every consumer cuts segments by (``avssl.data.preprocess``)."""
+        n = self.num_segments if num_segments is None else int(num_segments)
+        return [float(clip_start) + k * self.segment_stride for k in range(n)]
+
 
 def _key_part(x: object) -> object:
     """One key element as a plain Python value, so that a draw depends on the value, not on its type:
@@ -154,8 +160,8 @@ def clip_start(
 
 
 def segment_starts(clip_start: float, spec: ClipSpec) -> list[float]:
-    """Start time of each of the S segments of a clip starting at ``clip_start``."""
-    return [clip_start + i * spec.segment_stride for i in range(spec.num_segments)]
+    """Start time of each of the S segments of a clip starting at ``clip_start`` (``ClipSpec.starts``)."""
+    return spec.starts(clip_start)
 
 
 def audio_offsets(spec: ClipSpec, seed: int = 0, epoch: int = 0, index: int = 0) -> list[float]:
