@@ -51,6 +51,7 @@ def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
         out.loss.backward()  # DDP averages the gradients over the ranks
         grads = {n: p.grad.clone() for n, p in model.module.named_parameters() if p.grad is not None}
         torch.save({"loss": out.loss.detach(), "grads": grads}, os.path.join(out_dir, f"rank{rank}.pt"))
+        dist.barrier()  # both ranks done before either tears gloo down
     finally:
         dist.destroy_process_group()
 

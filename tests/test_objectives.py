@@ -239,6 +239,7 @@ def _gather_worker(rank: int, world: int, port: int, out_dir: str, local_loss: b
         loss.backward()
         torch.save({"loss": loss.detach(), "ga": local_a.grad, "gv": local_v.grad},
                    os.path.join(out_dir, f"rank{rank}.pt"))
+        dist.barrier()  # both ranks done before either tears gloo down (an early close aborted a peer once)
     finally:
         dist.destroy_process_group()
 

@@ -151,6 +151,7 @@ def _reader_worker(rank: int, world: int, port: int, out_dir: str, result_dir: s
             results[even] = epochs
         with open(os.path.join(result_dir, f"rank{rank}.json"), "w") as f:
             json.dump(results, f)
+        dist.barrier()  # both ranks done before either tears gloo down
     finally:
         dist.destroy_process_group()
 
