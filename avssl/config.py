@@ -30,6 +30,9 @@ class DemoConfig:
     val_fraction: float = 0.2
     min_gap: float = 0.15
     max_gap: float = 0.4
+    # transfer labels (docs/transfer.md), off by default: the default dataset and its cache key are unchanged
+    pitch_bands: int = 0  # >= 2: each video's pitches in one of N bands, manifest column pitch_band
+    distractors: bool = False  # a soundless moving bar per video, manifest column distractor (visual-only label)
 
 
 @dataclass

@@ -6,6 +6,12 @@ log-frequency sets the shape's height in the frame (high pitch = high up), its l
 A video's class fixes the event type: shape, colour and timbre (sine/circle, square wave/square, chirp/triangle,
 noise burst/ring). So any 0.5 s moment is identifiable from either modality and a linear probe has labels.
 See docs/demo_data.md.
+
+Optional transfer labels (off by default; the default dataset and its cache key are unchanged, docs/transfer.md):
+``pitch_bands=N`` confines each video's event pitches to one of N log-frequency bands (manifest column
+``pitch_band``: what the sound says, which the picture shows only as the shape's height), and ``distractors=True``
+adds a large, bright, moving object that makes no sound (column ``distractor``: its motion, a visual-only control
+label that no audio encoder can know).
 """
 
 from __future__ import annotations
@@ -36,6 +42,11 @@ _CLASS_RGB = np.array(
 F_LOW, F_HIGH = 220.0, 1760.0  # event base frequencies, log-uniform (3 octaves)
 CHIRP_RATIO, CHIRP_TIME = 1.5, 0.2  # chirp glides up by this ratio over this many seconds
 ATTACK, DECAY = 0.01, 0.15  # envelope attack (linear) and exponential decay time constant, seconds
+DISTRACTOR_NAMES: tuple[str, ...] = ("drift_right", "drift_left", "drift_down", "drift_up")
+"""Visual distractor kinds (its motion): the ``distractor`` label of ``distractors=True``."""
+OPTIONAL_DEFAULTS: dict[str, object] = {"pitch_bands": 0, "distractors": False}
+"""Generator options that are left out of the cache key at these (default) values, so that adding them kept the
+default datasets' keys (and folders) as they were."""
 
 
 @dataclass(frozen=True)
@@ -46,12 +57,14 @@ class Event:
     x: float  # horizontal centre in [0, 1] (carries no sound; a visual distractor)
 
 
-def make_events(rng: np.random.Generator, duration: float, min_gap: float, max_gap: float) -> list[Event]:
-    """Random event stream covering ``[0, duration)``: first onset in [0, 0.1), gaps uniform in [min_gap, max_gap]."""
+def make_events(rng: np.random.Generator, duration: float, min_gap: float, max_gap: float,
+                f_low: float = F_LOW, f_high: float = F_HIGH) -> list[Event]:
+    """Random event stream covering ``[0, duration)``: first onset in [0, 0.1), gaps uniform in [min_gap, max_gap],
+    base frequencies log-uniform in ``[f_low, f_high]``."""
     events: list[Event] = []
     t = float(rng.uniform(0.0, 0.1))
     while t < duration:
-        freq = float(np.exp(rng.uniform(np.log(F_LOW), np.log(F_HIGH))))
+        freq = float(np.exp(rng.uniform(np.log(f_low), np.log(f_high))))
         events.append(Event(onset=t, freq=freq, amp=float(rng.uniform(0.45, 1.0)), x=float(rng.uniform(0.2, 0.8))))
         t += float(rng.uniform(min_gap, max_gap))
     return events
@@ -115,8 +128,60 @@ def _pitch_to_y(freq: np.ndarray | float, size: int) -> np.ndarray:
     return margin + (1.0 - u) * (size - 2 * margin)
 
 
-def render_video(cls: int, events: Sequence[Event], duration: float, fps: int, size: int, seed: int) -> np.ndarray:
-    """uint8 [T, size, size, 3] frames; frame k shows the scene at time k / fps."""
+def pitch_band_names(n: int) -> tuple[str, ...]:
+    """Names of ``n`` pitch bands, low to high (``low, mid, high`` for 3)."""
+    if n < 1:
+        raise ValueError(f"pitch_bands must be >= 1 to name bands, got {n}")
+    if n == 2:
+        return ("low", "high")
+    if n == 3:
+        return ("low", "mid", "high")
+    return tuple(f"band{j}" for j in range(n))
+
+
+def pitch_band_range(band: int, n: int) -> tuple[float, float]:
+    """Base-frequency range of band ``band`` of ``n`` equal log-frequency bands of ``[F_LOW, F_HIGH]``."""
+    lo, hi = np.log(F_LOW), np.log(F_HIGH)
+    return float(np.exp(lo + (hi - lo) * band / n)), float(np.exp(lo + (hi - lo) * (band + 1) / n))
+
+
+@dataclass(frozen=True)
+class Distractor:
+    """A large soundless object drifting across the frame (``kind`` in :data:`DISTRACTOR_NAMES`), pulsing in
+    brightness at its own rate, unrelated to the events."""
+
+    kind: int
+    rgb: tuple[float, float, float]
+    phase: float  # position along its path at t = 0, in [0, 1)
+    speed: float  # path lengths per second
+    pulse_hz: float
+    across: float  # position across its path, in [0.25, 0.75] of the frame
+
+
+def make_distractor(rng: np.random.Generator, kind: int) -> Distractor:
+    rgb = tuple(float(c) for c in rng.uniform(0.3, 1.0, size=3))
+    return Distractor(kind=kind, rgb=rgb, phase=float(rng.uniform()), speed=float(rng.uniform(0.15, 0.3)),  # type: ignore[arg-type]
+                      pulse_hz=float(rng.uniform(0.7, 2.5)), across=float(rng.uniform(0.25, 0.75)))
+
+
+def _draw_distractor(img: np.ndarray, d: Distractor, t: float, xx: np.ndarray, yy: np.ndarray, size: int) -> None:
+    """Paint the distractor at time ``t`` into ``img`` [size, size, 3] (in place): a bar of a third of the frame."""
+    u = (d.phase + d.speed * t) % 1.0
+    # always in view: it drifts from 10 % to 90 % of the frame, then starts over at the other side
+    along = 0.1 + 0.8 * (u if DISTRACTOR_NAMES[d.kind] in ("drift_right", "drift_down") else 1.0 - u)
+    horizontal = DISTRACTOR_NAMES[d.kind] in ("drift_right", "drift_left")
+    cx, cy = (along, d.across) if horizontal else (d.across, along)
+    half_long, half_short = 0.22 * size, 0.09 * size  # long side across the motion
+    hx, hy = (half_short, half_long) if horizontal else (half_long, half_short)
+    mask = (np.abs(xx - cx * size) <= hx) & (np.abs(yy - cy * size) <= hy)
+    level = 0.55 + 0.45 * np.sin(2 * np.pi * d.pulse_hz * t)
+    img[mask] = np.asarray(d.rgb, dtype=np.float32) * level
+
+
+def render_video(cls: int, events: Sequence[Event], duration: float, fps: int, size: int, seed: int,
+                 distractor: Distractor | None = None) -> np.ndarray:
+    """uint8 [T, size, size, 3] frames; frame k shows the scene at time k / fps (the distractor, if any, behind
+    the event's shape)."""
     rng = np.random.default_rng(seed)
     num = int(round(duration * fps))
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) + 0.5
@@ -130,6 +195,8 @@ def render_video(cls: int, events: Sequence[Event], duration: float, fps: int, s
     for k in range(num):
         t = k / fps
         img = background.copy()
+        if distractor is not None:
+            _draw_distractor(img, distractor, t, xx, yy, size)
         i = int(np.searchsorted(onsets, t, side="right")) - 1
         if i >= 0:
             ev = events[i]
@@ -191,17 +258,28 @@ def make_demo_dataset(
     val_fraction: float = 0.2,
     min_gap: float = 0.15,
     max_gap: float = 0.4,
+    pitch_bands: int = 0,
+    distractors: bool = False,
 ) -> Path:
     """Write ``num_videos`` demo MP4s under ``root/<class>/<id>.mp4`` plus ``manifest.csv`` and ``events.json``.
 
     Classes are balanced (video i has class ``i % 4``); within each class a seeded ``val_fraction`` goes to the
     val split. Everything is deterministic from ``seed``. Returns the manifest path.
+
+    Transfer labels (both off by default, leaving the output byte-identical to a generator without them):
+    ``pitch_bands=N`` (N >= 2) draws every event pitch of a video from one of N equal log-frequency bands of
+    [220, 1760] Hz, assigned balanced and independently of the class; the manifest gets the column ``pitch_band``.
+    ``distractors=True`` adds to every video a soundless bright bar drifting across the frame in one of four
+    directions (balanced, independent of class and band), pulsing at its own rate; the column ``distractor``
+    names the direction.
     """
     if num_videos < 1 or duration <= 0 or not 0 <= val_fraction < 1 or not 0 < min_gap <= max_gap:
         raise ValueError(
             f"make_demo_dataset: bad parameters num_videos={num_videos} duration={duration} "
             f"val_fraction={val_fraction} min_gap={min_gap} max_gap={max_gap}"
         )
+    if int(pitch_bands) != pitch_bands or pitch_bands < 0 or pitch_bands == 1:
+        raise ValueError(f"make_demo_dataset: pitch_bands must be 0 (off) or an integer >= 2, got {pitch_bands}")
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
@@ -214,16 +292,28 @@ def make_demo_dataset(
     order = [int(m[j]) for j in range(max(map(len, shuffled))) for m in shuffled if j < len(m)]
     val_ids = set(order[:n_val])
     video_seeds = rng.integers(0, 2**31 - 1, size=num_videos)
+    # the optional labels draw from their own generators: the default dataset's random streams stay untouched
+    bands = _balanced(np.random.default_rng([seed, 1]), num_videos, int(pitch_bands)) if pitch_bands else None
+    kinds = _balanced(np.random.default_rng([seed, 2]), num_videos, len(DISTRACTOR_NAMES)) if distractors else None
     rows: list[ManifestRow] = []
     all_events: dict[str, object] = {}
     duration = round(duration * fps) / fps  # whole number of frames
     for i in range(num_videos):
         cls = i % n_classes
         vid_rng = np.random.default_rng(int(video_seeds[i]))
-        events = make_events(vid_rng, duration, min_gap, max_gap)
+        extra: dict[str, str] = {}
+        f_range = (F_LOW, F_HIGH)
+        if bands is not None:
+            f_range = pitch_band_range(int(bands[i]), int(pitch_bands))
+            extra["pitch_band"] = pitch_band_names(int(pitch_bands))[int(bands[i])]
+        events = make_events(vid_rng, duration, min_gap, max_gap, *f_range)
         sub_seed = int(vid_rng.integers(0, 2**31 - 1))
+        distractor = None
+        if kinds is not None:
+            distractor = make_distractor(np.random.default_rng([int(video_seeds[i]), 2]), int(kinds[i]))
+            extra["distractor"] = DISTRACTOR_NAMES[distractor.kind]
         audio = synth_audio(cls, events, duration, sample_rate, sub_seed)
-        frames = render_video(cls, events, duration, fps, size, sub_seed + 1)
+        frames = render_video(cls, events, duration, fps, size, sub_seed + 1, distractor)
         rel = f"{CLASS_NAMES[cls]}/{i:04d}.mp4"
         (root / CLASS_NAMES[cls]).mkdir(exist_ok=True)
         write_mp4(root / rel, frames, fps, audio, sample_rate)
@@ -233,15 +323,20 @@ def make_demo_dataset(
                 path=rel, start=0.0, end=duration, split="val" if i in val_ids else "train",
                 duration=duration, has_audio=True, has_video=True, fps=float(fps), width=size, height=size,
                 sample_rate=sample_rate, channels=1, rotation=0, codec_video="h264", codec_audio="aac",
-                meta={"video_id": vid, "label": CLASS_NAMES[cls]},
+                meta={"video_id": vid, "label": CLASS_NAMES[cls], **extra},
             )
         )
-        all_events[vid] = {"path": rel, "label": CLASS_NAMES[cls], "events": [asdict(e) for e in events]}
+        all_events[vid] = {"path": rel, "label": CLASS_NAMES[cls], **extra, "events": [asdict(e) for e in events]}
     with open(root / "events.json", "w") as f:
         json.dump(all_events, f, indent=1)
     manifest = root / "manifest.csv"
     write_manifest(manifest, rows)
     return manifest
+
+
+def _balanced(rng: np.random.Generator, n: int, k: int) -> np.ndarray:
+    """``n`` values in ``range(k)``, as equal in count as possible, in a seeded random order."""
+    return rng.permutation(np.arange(n) % k)
 
 
 def default_cache_dir() -> Path:
@@ -258,7 +353,9 @@ def ensure_demo_dataset(cache_dir: str | os.PathLike[str] | None = None, **param
     """
     bound = inspect.signature(make_demo_dataset).bind("-", **params)  # TypeError on an unknown parameter
     bound.apply_defaults()
-    full = {k: v for k, v in bound.arguments.items() if k != "root"}  # defaults spelled out or not: same key
+    # defaults spelled out or not: same key; options added later are keyed only when set (old keys unchanged)
+    full = {k: v for k, v in bound.arguments.items()
+            if k != "root" and not (k in OPTIONAL_DEFAULTS and v == OPTIONAL_DEFAULTS[k])}
     key_src = json.dumps({"version": DEMO_VERSION, **full}, sort_keys=True, default=str)
     key = hashlib.sha256(key_src.encode()).hexdigest()[:16]
     base = Path(cache_dir) if cache_dir is not None else default_cache_dir()
@@ -286,7 +383,13 @@ def ensure_demo_dataset(cache_dir: str | os.PathLike[str] | None = None, **param
 __all__ = [
     "CLASS_NAMES",
     "DEMO_VERSION",
+    "DISTRACTOR_NAMES",
+    "Distractor",
     "Event",
+    "OPTIONAL_DEFAULTS",
+    "make_distractor",
+    "pitch_band_names",
+    "pitch_band_range",
     "default_cache_dir",
     "ensure_demo_dataset",
     "make_demo_dataset",
