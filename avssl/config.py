@@ -104,6 +104,10 @@ class EncoderConfig:
 
     name: str = MISSING
     kwargs: dict[str, Any] = field(default_factory=dict)
+    # a local weights file to start from (avssl bundle/checkpoint, timm, AudioMAE, transformers AST/VideoMAE,
+    # CAV-MAE; never downloaded) and its layout: auto | avssl | timm | audiomae | hf_videomae | hf_ast | cav_mae
+    pretrained: Optional[str] = None
+    pretrained_format: Optional[str] = None
 
 
 @dataclass

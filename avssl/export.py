@@ -303,9 +303,12 @@ def pretrained_from(hparams: Mapping[str, Any]) -> dict[str, Any]:
     model = hparams.get("model") if isinstance(hparams.get("model"), Mapping) else {}
     out: dict[str, Any] = {}
     for m in MODALITIES:
-        kwargs = ((model or {}).get(m) or {}).get("kwargs") or {}
+        sub = (model or {}).get(m) or {}
+        kwargs = sub.get("kwargs") or {}
         if isinstance(kwargs, Mapping):
             named = {k: kwargs[k] for k in sorted(kwargs) if k in WEIGHT_PATH_KWARGS}
+            if isinstance(sub, Mapping) and sub.get("pretrained") is not None:
+                named = {"pretrained": sub["pretrained"], **named}
             if named:
                 out[m] = named["pretrained"] if list(named) == ["pretrained"] else named
     return out
@@ -318,6 +321,8 @@ def _model_config_without_weight_paths(model_cfg: Mapping[str, Any]) -> dict[str
         if isinstance(sub, Mapping) and isinstance(sub.get("kwargs"), Mapping):
             kwargs = {k: v for k, v in sub["kwargs"].items() if k not in WEIGHT_PATH_KWARGS}
             cfg[m] = {**sub, "kwargs": kwargs}
+        if isinstance(cfg.get(m), Mapping) and cfg[m].get("pretrained") is not None:  # model.<m>.pretrained
+            cfg[m] = {k: v for k, v in cfg[m].items() if k not in ("pretrained", "pretrained_format")}
     return cfg
 
 
@@ -619,7 +624,45 @@ def load_encoder(path: str | os.PathLike[str], modality: str) -> PretrainedEncod
     return module
 
 
+# --- timm layout (avssl-export --format timm) --------------------------------------------------------------------
+
+TIMM_WEIGHTS_FILE = "timm_model.safetensors"
+TIMM_CONFIG_FILE = "timm_config.json"
+
+
+def export_timm(
+    source: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    modalities: tuple[str, ...] = ("audio",),
+) -> dict[str, Path]:
+    """Write each modality's encoder (from a bundle export or a Lightning checkpoint) as a timm ``VisionTransformer``
+    state dict, ``out_dir/<modality>/timm_model.safetensors``, with ``timm_config.json`` holding the timm keyword
+    arguments (:func:`avssl.convert.to_timm_state_dict`). Encoders timm cannot represent are refused before
+    anything is written."""
+    from safetensors.torch import save_file
+
+    from avssl.convert import to_timm_state_dict
+
+    converted = {}
+    for m in modalities:
+        encoder = load_encoder(source, m).encoder
+        try:
+            converted[m] = to_timm_state_dict(encoder)
+        except ExportError as e:
+            raise ExportError(source, f"{m} encoder: {e.problem}") from e
+    out: dict[str, Path] = {}
+    for m, (sd, kwargs) in converted.items():
+        target = Path(out_dir) / m
+        target.mkdir(parents=True, exist_ok=True)
+        save_file({k: v.contiguous() for k, v in sd.items()}, str(target / TIMM_WEIGHTS_FILE))
+        with open(target / TIMM_CONFIG_FILE, "w") as f:
+            json.dump({"architecture": "timm.models.vision_transformer.VisionTransformer", "kwargs": kwargs}, f, indent=2)
+        out[m] = target
+    return out
+
+
 __all__ = [
+    "export_timm",
     "FORMAT_VERSION",
     "ExportError",
     "BundleVersionError",

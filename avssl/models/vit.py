@@ -3,10 +3,17 @@
 Hidden tokens are dropped before the blocks (MAE-style). Position embeddings are fixed separable sin-cos
 (``pos_embed="sincos"``, default, recomputed for any grid) or learned (``"learned"``, initialised with sin-cos and
 interpolated when an input or a loaded state dict has another grid).
+
+Prefix tokens (``class_token=True``, and for AST a distillation token, ``dist_token=True``) are off by default; when on
+they go first in the sequence (``forward_tokens``), ahead of the grid tokens in time-major grid order, and
+``forward_features`` still returns the grid tokens only (the encoder interface). With joint space-time attention a
+static clip repeats each spatial key T' times; ``prefix_attn_bias=True`` adds log T' to the prefix keys' attention
+logits so that an image model inflated to video computes exactly the image model's function on a static clip.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -33,10 +40,14 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, attn_bias: Tensor | None = None) -> Tensor:
+        """``attn_bias``: optional additive logit bias per key, broadcastable to ``[N, heads, L, L]``."""
         n, length, dim = x.shape
         qkv = self.qkv(x).reshape(n, length, 3, self.num_heads, dim // self.num_heads).permute(2, 0, 3, 1, 4)
-        out = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2])
+        if attn_bias is None:
+            out = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2])
+        else:
+            out = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], attn_mask=attn_bias.to(qkv.dtype))
         return self.proj(out.transpose(1, 2).reshape(n, length, dim))
 
 
@@ -64,8 +75,8 @@ class TransformerBlock(nn.Module):
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
         self.drop_path = StochasticDepth(drop_path, mode="row") if drop_path > 0 else nn.Identity()
 
-    def forward(self, x: Tensor) -> Tensor:
-        x = x + self.drop_path(self.attn(self.norm1(x)))
+    def forward(self, x: Tensor, attn_bias: Tensor | None = None) -> Tensor:
+        x = x + self.drop_path(self.attn(self.norm1(x), attn_bias))
         return x + self.drop_path(self.mlp(self.norm2(x)))
 
 
@@ -95,8 +106,14 @@ class ViTEncoder(Encoder):
         mlp_ratio: float,
         drop_path: float,
         pos_embed: str,
+        stride: tuple[int, ...] | None = None,
+        class_token: bool = False,
+        dist_token: bool = False,
+        prefix_attn_bias: bool = True,
     ) -> None:
         super().__init__()
+        if dist_token and not class_token:
+            raise ValueError("dist_token=True needs class_token=True (the class token comes first)")
         if pos_embed not in POS_EMBED_KINDS:
             raise ValueError(f"pos_embed must be one of {POS_EMBED_KINDS}, got {pos_embed!r}")
         if depth < 1 or embed_dim < 1:
@@ -109,13 +126,18 @@ class ViTEncoder(Encoder):
         self.input_shape = input_shape
         self.num_features = self.embed_dim = embed_dim
         self.patch = patch
+        self.stride = tuple(patch) if stride is None else tuple(stride)
+        if len(self.stride) != len(patch) or any(s < 1 for s in self.stride):
+            raise ValueError(f"patch stride {self.stride} does not fit patch {patch}")
         self.pos_embed_kind = pos_embed
+        self.num_prefix_tokens = int(class_token) + int(dist_token)
+        self.prefix_attn_bias = bool(prefix_attn_bias)
         in_chans = input_shape[0]
         self.patch_embed: nn.Conv2d | nn.Conv3d
         if len(patch) == 3:
-            self.patch_embed = nn.Conv3d(in_chans, embed_dim, kernel_size=patch, stride=patch)  # type: ignore[arg-type]
+            self.patch_embed = nn.Conv3d(in_chans, embed_dim, kernel_size=patch, stride=self.stride)  # type: ignore[arg-type]
         else:
-            self.patch_embed = nn.Conv2d(in_chans, embed_dim, kernel_size=patch, stride=patch)  # type: ignore[arg-type]
+            self.patch_embed = nn.Conv2d(in_chans, embed_dim, kernel_size=patch, stride=self.stride)  # type: ignore[arg-type]
         grid = self.token_grid(input_shape)
         self.pos_grid = grid
         table = sincos_pos_embed(grid, embed_dim).unsqueeze(0)
@@ -125,6 +147,13 @@ class ViTEncoder(Encoder):
             self.register_buffer("pos_embed_grid", torch.tensor(grid, dtype=torch.long))
         else:
             self.register_buffer("pos_embed", table, persistent=False)
+        if class_token:
+            self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
+        if dist_token:
+            self.dist_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
+        if self.num_prefix_tokens:
+            # positions of the prefix tokens (timm keeps them as the first rows of its pos_embed)
+            self.prefix_pos_embed = nn.Parameter(torch.zeros(1, self.num_prefix_tokens, embed_dim))
         rates = torch.linspace(0, drop_path, depth).tolist()
         self.blocks = nn.ModuleList(TransformerBlock(embed_dim, num_heads, mlp_ratio, r) for r in rates)
         self.norm = nn.LayerNorm(embed_dim, eps=1e-6)
@@ -133,13 +162,29 @@ class ViTEncoder(Encoder):
         nn.init.xavier_uniform_(w.view(w.shape[0], -1))
         if self.patch_embed.bias is not None:
             nn.init.zeros_(self.patch_embed.bias)
+        if class_token:
+            nn.init.normal_(self.cls_token, std=0.02)
+        if dist_token:
+            nn.init.normal_(self.dist_token, std=0.02)
 
     # --- grid -----------------------------------------------------------------------------------------
     def token_grid(self, input_shape: tuple[int, ...] | None = None) -> tuple[int, ...]:
-        return grid_size(self._shape_of(input_shape)[1:], self.patch)
+        dims = self._shape_of(input_shape)[1:]
+        stride = getattr(self, "stride", self.patch)
+        if tuple(stride) == tuple(self.patch):
+            return grid_size(dims, self.patch)
+        grid = tuple((int(d) - p) // s + 1 for d, p, s in zip(dims, self.patch, stride))
+        if any(int(d) < p for d, p in zip(dims, self.patch)):
+            raise ValueError(f"input dims {tuple(dims)} are smaller than one patch {self.patch}")
+        return grid
 
     def patch_shape(self, input_shape: tuple[int, ...] | None = None) -> tuple[int, ...]:
         self.token_grid(input_shape)  # validates the shape
+        if tuple(self.stride) != tuple(self.patch):
+            raise ValueError(
+                f"{type(self).__name__} has overlapping patches (patch {self.patch}, stride {self.stride}): "
+                "tokens do not tile the input, so there are no per-token reconstruction targets"
+            )
         return self.patch
 
     # --- positions ------------------------------------------------------------------------------------
@@ -199,18 +244,46 @@ class ViTEncoder(Encoder):
         tokens = tokens.flatten(2).transpose(1, 2)
         return tokens + self.position_table(grid)
 
-    def forward_features(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
-        tokens = self.embed(x)
+    def prefix_bias(self, grid: tuple[int, ...], length: int) -> Tensor | None:
+        """Additive key bias ``[1, 1, 1, length]``: log T' on the prefix tokens of a video grid with T' > 1 time
+        slices (``prefix_attn_bias``), so that a static clip attends as the image model did; else None."""
+        if not (self.num_prefix_tokens and self.prefix_attn_bias and self.modality == "video" and grid[0] > 1):
+            return None
+        bias = torch.zeros(length, device=self.patch_embed.weight.device)
+        bias[: self.num_prefix_tokens] = math.log(grid[0])
+        return bias.view(1, 1, 1, length)
+
+    def forward_tokens(self, x: Tensor, mask: Tensor | None = None, *, norm: bool = True) -> Tensor:
+        """All tokens ``[N, P + L_vis, D]``: the P prefix tokens (class, then distillation) first, then the visible
+        grid tokens in grid order (time-major for video); ``norm=False`` skips the final LayerNorm."""
+        self.check_input(x)
+        tokens = self.patch_embed(x)
+        grid = tuple(tokens.shape[2:])
+        tokens = tokens.flatten(2).transpose(1, 2) + self.position_table(grid)
         if mask is not None:
             check_mask(mask, tokens.shape[0], tokens.shape[1])
             tokens = select_visible(tokens, mask.to(tokens.device))
+        if self.num_prefix_tokens:
+            parts: list[Tensor] = [self.cls_token]
+            if self.num_prefix_tokens > 1:
+                parts.append(self.dist_token)
+            prefix = (torch.cat(parts, dim=1) + self.prefix_pos_embed).expand(tokens.shape[0], -1, -1)
+            tokens = torch.cat([prefix.to(tokens.dtype), tokens], dim=1)
+        bias = self.prefix_bias(grid, tokens.shape[1])
         for block in self.blocks:
-            tokens = block(tokens)
-        return self.norm(tokens)
+            tokens = block(tokens) if bias is None else block(tokens, bias)
+        return self.norm(tokens) if norm else tokens
+
+    def forward_features(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+        tokens = self.forward_tokens(x, mask)
+        return tokens[:, self.num_prefix_tokens :] if self.num_prefix_tokens else tokens
 
 
 class VideoViT(ViTEncoder):
-    """Video ViT over ``tubelet x patch x patch`` space-time cubes; input ``[N, C, T, H, W]``."""
+    """Video ViT over ``tubelet x patch x patch`` space-time cubes; input ``[N, C, T, H, W]``.
+
+    ``class_token=True`` adds a class token (first in :meth:`forward_tokens`); ``prefix_attn_bias`` (default on,
+    effective only with a class token) adds log T' to its attention logit (see the module docstring)."""
 
     def __init__(
         self,
@@ -225,6 +298,8 @@ class VideoViT(ViTEncoder):
         mlp_ratio: float = 4.0,
         drop_path: float = 0.0,
         pos_embed: str = "sincos",
+        class_token: bool = False,
+        prefix_attn_bias: bool = True,
     ) -> None:
         h, w = _as_tuple(img_size, 2, "img_size")
         ph, pw = _as_tuple(patch_size, 2, "patch_size")
@@ -239,11 +314,17 @@ class VideoViT(ViTEncoder):
             mlp_ratio=mlp_ratio,
             drop_path=drop_path,
             pos_embed=pos_embed,
+            class_token=class_token,
+            prefix_attn_bias=prefix_attn_bias,
         )
 
 
 class AudioViT(ViTEncoder):
-    """Audio ViT over log-mel patches (frames x mels); input ``[N, 1, F, M]``."""
+    """Audio ViT over log-mel patches (frames x mels); input ``[N, 1, F, M]``.
+
+    ``patch_stride`` (default: the patch size) below the patch size gives overlapping patches (AST: 16 with stride
+    10); ``class_token``/``dist_token`` add the prefix tokens of timm/AudioMAE (class) and AST (class, distillation).
+    """
 
     def __init__(
         self,
@@ -256,11 +337,17 @@ class AudioViT(ViTEncoder):
         mlp_ratio: float = 4.0,
         drop_path: float = 0.0,
         pos_embed: str = "sincos",
+        class_token: bool = False,
+        dist_token: bool = False,
+        patch_stride: int | Sequence[int] | None = None,
     ) -> None:
         super().__init__(
             modality="audio",
             input_shape=(1, int(num_frames), int(num_mels)),
             patch=_as_tuple(patch_size, 2, "patch_size"),
+            stride=None if patch_stride is None else _as_tuple(patch_stride, 2, "patch_stride"),
+            class_token=class_token,
+            dist_token=dist_token,
             embed_dim=embed_dim,
             depth=depth,
             num_heads=num_heads,

@@ -44,6 +44,10 @@ def build_pretrain_model(
         if not name:
             raise ValueError(f"model.{modality}.name is not set: name an encoder of avssl.models.list_encoders()")
         kwargs = encoder_kwargs(model_cfg, modality, preprocessing)
+        for key in ("pretrained", "pretrained_format"):  # model.<modality>.pretrained: a local file to start from
+            value = (model_cfg.get(modality) or {}).get(key)
+            if value is not None:
+                kwargs[key] = value
         try:
             encoders[modality] = create_encoder(name, **kwargs)
         except (TypeError, ValueError) as e:
