@@ -73,7 +73,7 @@ class DataConfig:
     segment_duration: float = 0.5
     segment_gap: float = 0.0
     audio_jitter: float = 0.0  # train only: per-segment audio shift of up to this many seconds
-    clips_per_file: int = 1  # train: random clips drawn per manifest row per epoch
+    clips_per_file: Any = "auto"  # train: random clips per row per epoch: an integer, or "auto" (as many as fit)
     val_clips_per_file: Optional[int] = None  # val: evenly spaced clips per row; None: back-to-back grid
     val_order: str = "shuffled"  # val batches: "shuffled" (one fixed permutation) | "sequential"
     # video preprocessing

@@ -8,6 +8,21 @@ from typing import Any
 from lightning.pytorch.callbacks import Callback, EarlyStopping, LearningRateMonitor, ModelCheckpoint
 
 
+class TrainingPlan(Callback):
+    """Prints, when training starts, how many clips, batches and optimiser steps the run will take."""
+
+    def on_train_start(self, trainer: Any, pl_module: Any) -> None:
+        if not trainer.is_global_zero:
+            return
+        dm = getattr(trainer, "datamodule", None)
+        clips = len(dm.train_set) if dm is not None and getattr(dm, "train_set", None) is not None else None
+        batches = trainer.num_training_batches
+        steps = trainer.estimated_stepping_batches
+        what = f"{clips} clips/epoch in " if clips is not None else ""
+        print(f"training plan: {what}{batches} batches/epoch per rank x {trainer.max_epochs} epochs (max_steps "
+              f"{trainer.max_steps}) -> {steps} optimizer steps", flush=True)
+
+
 def resolve_monitor(checkpoint: dict[str, Any], default: tuple[str, str]) -> None:
     """Fill ``callbacks.checkpoint.monitor: auto`` (and ``mode: auto``) in place with ``default``, the
     ``(metric, mode)`` the active objectives track (``AVPretrainModel.default_monitor``)."""
@@ -28,7 +43,7 @@ def build_callbacks(cfg: dict[str, Any], checkpoint_dir: str | Path, has_logger:
 
     The LR monitor needs a logger and is left out without one.
     """
-    out: list[Callback] = []
+    out: list[Callback] = [TrainingPlan()]
     ck = cfg["checkpoint"]
     if "auto" in (ck["monitor"], ck["mode"]):
         raise ValueError("callbacks.checkpoint.monitor/mode 'auto' must be resolved first (resolve_monitor)")

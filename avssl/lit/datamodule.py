@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import os
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -160,26 +161,45 @@ class EvalBatchSampler(Sampler[list[int]]):
         return iter([list(b) for b in self.batches])
 
 
-class EpochClips(Dataset[dict[str, Any]]):
-    """``clips_per_file`` random clips per item of a random-mode ``AVClipDataset``, addressed by ``(epoch, i)``.
+def clips_per_row(base: AVClipDataset, clips_per_file: int | str) -> list[int]:
+    """Random clips drawn per row each epoch: the integer ``clips_per_file`` for every row, or with ``"auto"`` as
+    many as the row holds back to back (``floor(row length / clip length)``, at least 1), so an epoch covers the
+    data about once whatever the file lengths."""
+    if clips_per_file == "auto":
+        clip = base.clip.clip_duration
+        return [max(1, math.floor((r.end - r.start) / clip + 1e-9)) for r in base.rows]
+    if isinstance(clips_per_file, bool) or not isinstance(clips_per_file, int) or clips_per_file < 1:
+        raise ValueError(f"data.clips_per_file must be 'auto' or an integer >= 1, got {clips_per_file!r}")
+    return [int(clips_per_file)] * len(base)
 
-    Key ``(e, i)`` reads item ``i % n`` of the base dataset at base epoch ``e * clips_per_file + i // n``, so each
-    repeat of a row draws a different clip and every draw depends only on ``(seed, epoch, index)``.
+
+class EpochClips(Dataset[dict[str, Any]]):
+    """Random clips of a random-mode ``AVClipDataset``, ``counts[j]`` per item ``j`` (``clips_per_row``), addressed
+    by ``(epoch, i)``.
+
+    Key ``(e, i)`` is repeat ``r`` of item ``j`` (repeats in order: every item's first clip, then every second
+    clip, ...); it reads item ``j`` at base epoch ``e * max(counts) + r``, so each repeat draws a different clip and
+    every draw depends only on ``(seed, epoch, index)``. With equal counts ``R`` this is item ``i % n`` at base epoch
+    ``e * R + i // n``.
     """
 
-    def __init__(self, base: AVClipDataset, clips_per_file: int = 1):
-        if clips_per_file < 1:
-            raise ValueError(f"data.clips_per_file must be >= 1, got {clips_per_file}")
-        self.base, self.repeats = base, int(clips_per_file)
+    def __init__(self, base: AVClipDataset, clips_per_file: int | str | Sequence[int] = 1):
+        counts = (list(clips_per_file) if isinstance(clips_per_file, Sequence) and not isinstance(clips_per_file, str)
+                  else clips_per_row(base, clips_per_file))
+        if len(counts) != len(base) or any(int(c) < 1 for c in counts):
+            raise ValueError(f"EpochClips: need one count >= 1 per item ({len(base)}), got {counts[:10]}")
+        self.base, self.counts = base, [int(c) for c in counts]
+        self.repeats = max(self.counts, default=1)
+        self._keys = [(j, r) for r in range(self.repeats) for j, c in enumerate(self.counts) if c > r]
 
     def __len__(self) -> int:
-        return len(self.base) * self.repeats
+        return len(self._keys)
 
     def __getitem__(self, key: tuple[int, int] | int) -> dict[str, Any]:
         epoch, i = key if isinstance(key, tuple) else (0, int(key))
-        n = len(self.base)
-        self.base.set_epoch(epoch * self.repeats + i // n)
-        return self.base[i % n]
+        j, r = self._keys[i]
+        self.base.set_epoch(epoch * self.repeats + r)
+        return self.base[j]
 
 
 class AVDataModule(pl.LightningDataModule):
@@ -193,6 +213,9 @@ class AVDataModule(pl.LightningDataModule):
         src = get_source(self.cfg["source"])  # the registry: demo | manifest | folder | shards
         if src.needs_path and not self.cfg.get("path"):
             raise ValueError(f"data.path must be set for data.source={src.name!r}")
+        cpf = self.cfg.get("clips_per_file", 1)
+        if cpf != "auto" and (isinstance(cpf, bool) or not isinstance(cpf, int) or cpf < 1):
+            raise ValueError(f"data.clips_per_file must be 'auto' or an integer >= 1, got {cpf!r}")
         if self.cfg.get("val_order", "shuffled") not in ("shuffled", "sequential"):
             raise ValueError(f"data.val_order must be 'shuffled' or 'sequential', got {self.cfg['val_order']!r}")
         self.fbank = fbank_config(self.cfg)
@@ -280,7 +303,7 @@ class AVDataModule(pl.LightningDataModule):
         rows = self._rows()
         if stage in (None, "fit"):
             base = self._dataset(rows, self.cfg["train_split"], train=True)
-            self.train_set = EpochClips(base, int(self.cfg["clips_per_file"]))
+            self.train_set = EpochClips(base, self.cfg["clips_per_file"])
         self.val_set = self._dataset(rows, self.cfg["val_split"], train=False)
         log.info("data: %s train clips/epoch, %d val clips (%s)",
                  len(self.train_set) if self.train_set is not None else "-", len(self.val_set),
