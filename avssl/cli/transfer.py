@@ -8,7 +8,7 @@ skips finished arm+seed runs. See docs/transfer.md. Examples::
 
     avssl-transfer experiment=smoke output_dir=transfer_smoke
     avssl-transfer arms=[sync,masked_video] seeds=[0] train.steps=100 output_dir=quick
-    avssl-transfer experiment=gpu 'train.extra=[data.path=/data/prep/manifest.csv]' output_dir=/runs/transfer
+    avssl-transfer experiment=gpu 'train.extra=["data.path=/data/prep/manifest.csv"]' output_dir=/runs/transfer
 """
 
 from __future__ import annotations

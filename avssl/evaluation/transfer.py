@@ -559,7 +559,8 @@ def markdown_table(summary: Mapping[str, Any], *, k: int = 5) -> str:
 
 def plot_probe_accuracy(summary: Mapping[str, Any], column: str, path: str | os.PathLike[str], *,
                         metric: str = "linear_acc") -> Path:
-    """Bars: ``metric`` (mean ± std over seeds) per arm, one bar per modality; dashed: the majority baseline."""
+    """Bars: ``metric`` (mean ± std over seeds) per arm, one bar per modality (hatched: an encoder the arm did not
+    train); dashed: the majority baseline."""
     import numpy as np
     from matplotlib.figure import Figure
 
@@ -574,14 +575,17 @@ def plot_probe_accuracy(summary: Mapping[str, Any], column: str, path: str | os.
         by_arm = {r["arm"]: r for r in rows if r["modality"] == m}
         means = [by_arm[a][metric]["mean"] for a in arms]
         stds = [by_arm[a][metric]["std"] or 0.0 for a in arms]
-        ax.bar(np.arange(len(arms)) + (j - 0.5) * width, means, width, yerr=stds, capsize=3, label=m)
+        bars = ax.bar(np.arange(len(arms)) + (j - 0.5) * width, means, width, yerr=stds, capsize=3, label=m)
+        for bar, a in zip(bars, arms):  # an encoder its arm did not train (e.g. masked_video's audio): hatched
+            if not by_arm[a]["trained"]:
+                bar.set_hatch("//")
         majority = by_arm[arms[0]]["majority_acc"]["mean"]
         ax.axhline(majority, color=f"C{j}", linestyle="--", linewidth=1)
     ax.set_xticks(np.arange(len(arms)))
     ax.set_xticklabels(arms, rotation=20)
     ax.set_ylim(0, 1.05)
     ax.set_ylabel(metric.replace("_", " "))
-    ax.set_title(f"label {column}: {metric} per arm (dashed: majority)")
+    ax.set_title(f"label {column}: {metric} per arm (hatched: untrained, dashed: majority)", fontsize=9)
     ax.legend(loc="upper right", fontsize=8)
     return _save(fig, path)
 
