@@ -237,6 +237,20 @@ def test_a_rerun_skips_finished_arms_and_redoes_only_what_changed(demo_cache: Pa
         tr.run_transfer(cfg, tmp_path)
 
 
+def test_accuracy_versus_steps_runs_the_experiment_per_step_count(demo_cache: Path, tmp_path: Path):
+    cfg = _cfg(demo_cache, ["masked_audio", "random"], [0], tasks=["probe"])
+    cfg["steps_curve"] = [2, 1]
+    curve = tr.run_steps_curve(cfg, tmp_path)
+    assert curve["steps"] == [1, 2] and sorted(p.name for p in tmp_path.iterdir()) == [
+        "plots", "steps1", "steps2", "steps_curve.json"]
+    trained = json.loads((tmp_path / "steps1" / "runs" / "masked_audio" / "seed0" / "train.json").read_text())
+    assert trained["steps"] == 1 and trained["metrics"]
+    assert sorted(p.name for p in (tmp_path / "plots").glob("steps_*.png")) == [
+        "steps_distractor.png", "steps_label.png", "steps_pitch_band.png"]
+    with pytest.raises(ValueError, match="steps_curve"):
+        tr.run_steps_curve({**cfg, "steps_curve": [0]}, tmp_path)
+
+
 # --- the demo's transfer labels -------------------------------------------------------------------------------
 
 

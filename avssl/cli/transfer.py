@@ -41,7 +41,12 @@ def transfer(cfg: DictConfig | dict[str, Any], output_dir: str | None = None) ->
     )
     plain.pop("hydra", None)
     out = output_dir or plain.get("output_dir") or "outputs/transfer"
-    return run_transfer(plain, out)
+    results = run_transfer(plain, out)
+    if plain.get("steps_curve"):
+        from avssl.evaluation.transfer import run_steps_curve
+
+        results["steps_curve"] = run_steps_curve(plain, out)
+    return results
 
 
 @hydra.main(config_path="pkg://avssl.conf.transfer", config_name="transfer", version_base="1.3")
@@ -54,6 +59,8 @@ def _app(cfg: DictConfig) -> None:
         sys.exit(1)
     print(results["table"])
     print(f"results: {out_dir}/results.json, table: {out_dir}/results.md, plots: {out_dir}/plots/")
+    if "steps_curve" in results:
+        print(f"accuracy versus steps: {out_dir}/steps_curve.json, {out_dir}/plots/steps_*.png")
 
 
 def main() -> None:

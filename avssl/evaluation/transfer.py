@@ -456,6 +456,61 @@ def run_transfer(cfg: Mapping[str, Any], output_dir: str | os.PathLike[str]) -> 
     return write_report(cfg, runs, out)
 
 
+def run_steps_curve(cfg: Mapping[str, Any], output_dir: str | os.PathLike[str]) -> dict[str, Any]:
+    """Accuracy versus pretraining steps: the whole experiment once per ``steps_curve`` value (under
+    ``steps<N>/``, each resumable like the main one), then ``steps_curve.json`` and ``plots/steps_<label>.png``."""
+    out = Path(output_dir)
+    steps = sorted({int(n) for n in cfg.get("steps_curve") or []})
+    if not steps or steps[0] < 1:
+        raise ValueError(f"transfer: steps_curve must list step counts >= 1, got {cfg.get('steps_curve')}")
+    curve: dict[str, Any] = {}
+    for n in steps:
+        sub = copy.deepcopy(dict(cfg))
+        sub["train"] = {**sub["train"], "steps": n}
+        sub["steps_curve"] = []
+        curve[str(n)] = run_transfer(sub, out / f"steps{n}")["summary"]
+    plots = []
+    if cfg.get("plots", True):
+        for column in dict.fromkeys(r["label"] for r in curve[str(steps[0])]["probe"]):
+            plots.append(str(plot_steps_curve(curve, column, out / "plots" / f"steps_{column}.png")))
+    result = {"steps": steps, "summary": curve, "plots": plots}
+    write_json_atomic(out / "steps_curve.json", result, indent=1, default=str)
+    return result
+
+
+def plot_steps_curve(curve: Mapping[str, Mapping[str, Any]], column: str, path: str | os.PathLike[str], *,
+                     metric: str = "linear_acc") -> Path:
+    """``metric`` (mean ± std over seeds) against pretraining steps, one line per arm, one panel per modality."""
+    from matplotlib.figure import Figure
+
+    from avssl.evaluation.plots import _save
+
+    steps = sorted(int(n) for n in curve)
+    fig = Figure(figsize=(9, 3.4))
+    for j, m in enumerate(MODALITIES):
+        ax = fig.add_subplot(1, len(MODALITIES), j + 1)
+        rows = {n: {r["arm"]: r for r in curve[str(n)]["probe"] if r["label"] == column and r["modality"] == m}
+                for n in steps}
+        for arm in rows[steps[0]]:
+            means = [rows[n][arm][metric]["mean"] for n in steps]
+            stds = [rows[n][arm][metric]["std"] or 0.0 for n in steps]
+            ax.errorbar(steps, means, yerr=stds, marker="o", capsize=3, label=arm,
+                        linestyle="-" if rows[steps[0]][arm]["trained"] else ":")
+        ax.axhline(rows[steps[0]][next(iter(rows[steps[0]]))]["majority_acc"]["mean"], color="grey",
+                   linestyle="--", linewidth=1)
+        ax.set_xscale("log")
+        ax.set_xticks(steps)
+        ax.set_xticklabels([str(n) for n in steps])
+        ax.minorticks_off()
+        ax.set_ylim(0, 1.05)
+        ax.set_xlabel("pretraining steps")
+        ax.set_title(f"{m} encoders, label {column}", fontsize=9)
+        if j == 0:
+            ax.set_ylabel(metric.replace("_", " "))
+            ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
 # --- the report ---------------------------------------------------------------------------------------------------
 
 
@@ -616,6 +671,6 @@ __all__ = [
     "RANDOM_ARM", "UNIMODAL_ARMS", "LabelledItems", "arm_train_config", "betainc", "check_config",
     "compose_train_config", "eval_items", "evaluate_arm", "export_untrained", "fmt_diff", "fmt_mean_std",
     "markdown_table", "mean_std", "paired_t_test", "plot_probe_accuracy", "pretrain_arm", "run_arm",
-    "run_transfer", "split_item", "summarize", "t_two_sided_p", "train_overrides", "trained_modalities",
+    "plot_steps_curve", "run_steps_curve", "run_transfer", "split_item", "summarize", "t_two_sided_p", "train_overrides", "trained_modalities",
     "write_report",
 ]
