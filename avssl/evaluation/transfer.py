@@ -212,6 +212,8 @@ def _train_fingerprint(train_cfg: Mapping[str, Any]) -> str:
     keep = {k: v for k, v in train_cfg.items() if k not in ("output_dir", "ckpt_path")}
     data = dict(keep.get("data") or {})
     data["num_workers"] = data["persistent_workers"] = data["pin_memory"] = None  # speed only
+    if isinstance(data.get("demo"), Mapping):
+        data["demo"] = {k: v for k, v in data["demo"].items() if k != "cache_dir"}  # where, not what
     keep["data"] = data
     return fingerprint(keep)
 
