@@ -120,6 +120,7 @@ class ModelConfig:
     embed_dim: int = 128  # output width of the projection heads (the contrastive space)
     proj_hidden: Optional[int] = None  # hidden width of the projection heads; None: a linear head
     proj_layers: Optional[int] = None
+    proj_norm: str = "none"  # none | batch (BatchNorm in the heads, MoCo v3 style: what ViT pairs need)
     gather_distributed: bool = True  # gather embeddings across DDP ranks before the contrastive losses
 
 

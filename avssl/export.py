@@ -179,6 +179,7 @@ def _head_config(head: ProjectionHead) -> dict[str, Any]:
         "out_dim": int(head.out_dim),
         "hidden_dim": hidden,
         "num_layers": int(head.num_layers),
+        "norm": str(getattr(head, "norm", "none")),
     }
 
 

@@ -56,7 +56,7 @@ def build_pretrain_model(
         gather_distributed = bool(model_cfg.get("gather_distributed", True))
     weights = {k: float(v) for k, v in (objective_cfg.get("weights") or {}).items() if float(v) != 0.0}
     objective = {k: v for k, v in objective_cfg.items() if k not in ("name", "kwargs")} | {"weights": weights}
-    heads = {k: model_cfg.get(k) for k in ("embed_dim", "proj_hidden", "proj_layers")}
+    heads = {k: model_cfg.get(k) for k in ("embed_dim", "proj_hidden", "proj_layers", "proj_norm")}
     try:
         return AVPretrainModel(encoders["video"], encoders["audio"], objective=objective, model=heads,
                                gather_distributed=gather_distributed)

@@ -97,11 +97,13 @@ class AVPretrainModel(nn.Module):
         **legacy: Any,
     ):
         super().__init__()
-        unknown_kw = sorted(set(legacy) - {"objectives", "embed_dim", "proj_hidden", "proj_layers", *OBJECTIVES})
+        unknown_kw = sorted(set(legacy) - {"objectives", "embed_dim", "proj_hidden", "proj_layers", "proj_norm",
+                                           *OBJECTIVES})
         if unknown_kw:
             raise TypeError(f"AVPretrainModel got unexpected keyword argument(s) {unknown_kw}")
         cfg = _split_legacy(objective, legacy)
-        model_cfg: dict[str, Any] = {k: legacy[k] for k in ("embed_dim", "proj_hidden", "proj_layers") if k in legacy}
+        model_cfg: dict[str, Any] = {k: legacy[k] for k in ("embed_dim", "proj_hidden", "proj_layers", "proj_norm")
+                                     if k in legacy}
         model_cfg.update(dict(model or {}))
         if not cfg.get("weights"):
             raise ValueError("objective.weights is not set: give each loss term its weight, e.g. {'sync': 1.0}")

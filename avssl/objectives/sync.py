@@ -57,7 +57,7 @@ class SyncObjective(Objective):
         layers = int(layers) if layers is not None else (1 if hidden is None else 2)
         self.heads = nn.ModuleDict({
             mod: ProjectionHead(ctx.encoders[mod].num_features, int(m["embed_dim"]), hidden_dim=hidden,
-                                num_layers=layers)
+                                num_layers=layers, norm=str(m.get("proj_norm") or "none"))
             for mod in MODALITIES
         })
         self.loss = SyncContrastive(**dataclasses.asdict(options))
