@@ -12,7 +12,7 @@ from typing import Any
 from avssl.convert import FORMATS, INFLATE_MODES, load_foreign_weights
 from avssl.models.base import Encoder
 from avssl.models.registry import _entry
-from avssl.weights import MissingFileError
+from avssl.weights import MissingFileError, load_encoder_weights
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +29,7 @@ def create_encoder(
     ``pretrained``: a local file or bundle folder to load; ``pretrained_format``: ``"auto"`` (detected from the
     keys), ``"avssl"``, ``"timm"``, ``"audiomae"``, ``"hf_videomae"``, ``"hf_ast"`` or ``"cav_mae"``
     (:mod:`avssl.convert`); ``inflate``: ``"average"`` or ``"center"`` for image kernels loaded into a video ViT.
-    What a conversion used and left out is in ``encoder.pretrained_report`` (and logged)."""
+    What a conversion used and left out is in ``encoder.pretrained_report`` (and logged; None for avssl files)."""
     if pretrained_format not in FORMATS:
         raise ValueError(f"pretrained_format must be one of {FORMATS}, got {pretrained_format!r}")
     if inflate not in INFLATE_MODES:
@@ -55,7 +55,12 @@ def create_encoder(
 def _load_pretrained(encoder: Encoder, name: str, path: str, fmt: str, inflate: str) -> None:
     if not os.path.exists(path):  # an ExportError naming the file, and a FileNotFoundError
         raise MissingFileError(path, f"pretrained weights for encoder {name!r} not found (no such file or folder)")
-    report = load_foreign_weights(encoder, path, fmt, inflate=inflate)
+    convertible = hasattr(encoder, "blocks") and hasattr(encoder, "pos_grid")  # the converters target ViTs
+    report = None
+    if fmt == "avssl" or (fmt == "auto" and (os.path.isdir(path) or not convertible)):
+        load_encoder_weights(encoder, path)  # avssl bundles and checkpoints
+    else:
+        report = load_foreign_weights(encoder, path, fmt, inflate=inflate)
     setattr(encoder, "pretrained_report", report)  # noqa: B010 (not a declared Encoder attribute)
     if report is not None:
         log.info("%s", report.summary())
