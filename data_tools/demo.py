@@ -268,10 +268,10 @@ def make_demo_dataset(
 
     Transfer labels (both off by default, leaving the output byte-identical to a generator without them):
     ``pitch_bands=N`` (N >= 2) draws every event pitch of a video from one of N equal log-frequency bands of
-    [220, 1760] Hz, assigned balanced and independently of the class; the manifest gets the column ``pitch_band``.
-    ``distractors=True`` adds to every video a soundless bright bar drifting across the frame in one of four
-    directions (balanced, independent of class and band), pulsing at its own rate; the column ``distractor``
-    names the direction.
+    [220, 1760] Hz, assigned balanced within each split and independently of the class; the manifest gets the
+    column ``pitch_band``. ``distractors=True`` adds to every video a soundless bright bar drifting across the frame
+    in one of four directions (balanced within each split, independent of class and band), pulsing at its own rate;
+    the column ``distractor`` names the direction.
     """
     if num_videos < 1 or duration <= 0 or not 0 <= val_fraction < 1 or not 0 < min_gap <= max_gap:
         raise ValueError(
@@ -293,8 +293,10 @@ def make_demo_dataset(
     val_ids = set(order[:n_val])
     video_seeds = rng.integers(0, 2**31 - 1, size=num_videos)
     # the optional labels draw from their own generators: the default dataset's random streams stay untouched
-    bands = _balanced(np.random.default_rng([seed, 1]), num_videos, int(pitch_bands)) if pitch_bands else None
-    kinds = _balanced(np.random.default_rng([seed, 2]), num_videos, len(DISTRACTOR_NAMES)) if distractors else None
+    splits = [sorted(val_ids), sorted(set(range(num_videos)) - val_ids)]  # balanced within each split
+    bands = _balanced(np.random.default_rng([seed, 1]), splits, num_videos, int(pitch_bands)) if pitch_bands else None
+    kinds = (_balanced(np.random.default_rng([seed, 2]), splits, num_videos, len(DISTRACTOR_NAMES))
+             if distractors else None)
     rows: list[ManifestRow] = []
     all_events: dict[str, object] = {}
     duration = round(duration * fps) / fps  # whole number of frames
@@ -334,9 +336,13 @@ def make_demo_dataset(
     return manifest
 
 
-def _balanced(rng: np.random.Generator, n: int, k: int) -> np.ndarray:
-    """``n`` values in ``range(k)``, as equal in count as possible, in a seeded random order."""
-    return rng.permutation(np.arange(n) % k)
+def _balanced(rng: np.random.Generator, groups: Sequence[Sequence[int]], n: int, k: int) -> np.ndarray:
+    """Values in ``range(k)`` for ids ``0..n-1``: within each group of ids as equal in count as possible, in a
+    seeded random order (so a probe's test split is balanced too)."""
+    out = np.zeros(n, dtype=np.int64)
+    for ids in groups:
+        out[list(ids)] = rng.permutation(np.arange(len(ids)) % k)
+    return out
 
 
 def default_cache_dir() -> Path:

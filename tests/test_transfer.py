@@ -281,13 +281,17 @@ def test_pitch_band_and_distractor_labels(tmp_path: Path):
     from avssl.data.manifest import read_manifest
     from avssl.data_tools import demo
 
-    manifest = demo.make_demo_dataset(tmp_path, num_videos=12, duration=0.5, size=16, pitch_bands=3,
-                                      distractors=True)
+    manifest = demo.make_demo_dataset(tmp_path, num_videos=16, duration=0.5, size=16, pitch_bands=3,
+                                      distractors=True, val_fraction=0.25)
     rows = list(read_manifest(manifest))
     bands = [r.get("pitch_band") for r in rows]
     kinds = [r.get("distractor") for r in rows]
-    assert sorted(set(bands)) == ["high", "low", "mid"] and all(bands.count(b) == 4 for b in set(bands))
-    assert set(kinds) == set(demo.DISTRACTOR_NAMES) and all(kinds.count(k) == 3 for k in set(kinds))
+    assert sorted(set(bands)) == ["high", "low", "mid"] and set(kinds) == set(demo.DISTRACTOR_NAMES)
+    for split in ("train", "val"):  # balanced within each split: a probe's test split too
+        for values in (bands, kinds):
+            mine = [v for v, r in zip(values, rows) if r.split == split]
+            counts = [mine.count(v) for v in set(values)]
+            assert max(counts) - min(counts) <= 1, (split, mine)
     events = json.loads((tmp_path / "events.json").read_text())
     names = demo.pitch_band_names(3)
     for vid in events.values():  # every event's pitch lies in its video's band
