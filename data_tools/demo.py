@@ -47,6 +47,8 @@ DISTRACTOR_NAMES: tuple[str, ...] = ("drift_right", "drift_left", "drift_down", 
 OPTIONAL_DEFAULTS: dict[str, object] = {"pitch_bands": 0, "distractors": False}
 """Generator options that are left out of the cache key at these (default) values, so that adding them kept the
 default datasets' keys (and folders) as they were."""
+LABELS_VERSION = 2
+"""Bumped whenever what the optional labels generate changes (in the cache key only when one of them is set)."""
 
 
 @dataclass(frozen=True)
@@ -362,6 +364,8 @@ def ensure_demo_dataset(cache_dir: str | os.PathLike[str] | None = None, **param
     # defaults spelled out or not: same key; options added later are keyed only when set (old keys unchanged)
     full = {k: v for k, v in bound.arguments.items()
             if k != "root" and not (k in OPTIONAL_DEFAULTS and v == OPTIONAL_DEFAULTS[k])}
+    if set(full) & set(OPTIONAL_DEFAULTS):
+        full["labels_version"] = LABELS_VERSION
     key_src = json.dumps({"version": DEMO_VERSION, **full}, sort_keys=True, default=str)
     key = hashlib.sha256(key_src.encode()).hexdigest()[:16]
     base = Path(cache_dir) if cache_dir is not None else default_cache_dir()
@@ -392,6 +396,7 @@ __all__ = [
     "DISTRACTOR_NAMES",
     "Distractor",
     "Event",
+    "LABELS_VERSION",
     "OPTIONAL_DEFAULTS",
     "make_distractor",
     "pitch_band_names",

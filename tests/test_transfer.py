@@ -267,6 +267,11 @@ def test_transfer_labels_are_off_by_default_and_keep_the_default_cache_key(tmp_p
     params = dict(num_videos=8, duration=4.0, val_fraction=0.25)
     assert demo.ensure_demo_dataset(tmp_path, **params) == old / "manifest.csv"
     assert demo.ensure_demo_dataset(tmp_path, **params, pitch_bands=0, distractors=False) == old / "manifest.csv"
+    # with a transfer label on, the key changes (and carries the labels' own version)
+    labelled = tmp_path / "labelled"
+    manifest = demo.ensure_demo_dataset(labelled, num_videos=2, duration=0.5, size=16, pitch_bands=2)
+    assert manifest.parent.name != old.name
+    assert json.loads((manifest.parent / "params.json").read_text())["labels_version"] == demo.LABELS_VERSION
     # without a distractor the frames are what they were; with one, a large bar appears
     events = demo.make_events(np.random.default_rng(0), 1.0, 0.15, 0.4)
     plain = demo.render_video(0, events, 1.0, 8, 32, 1)
