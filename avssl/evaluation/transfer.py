@@ -580,7 +580,8 @@ def fmt_diff(test: Mapping[str, Any] | None) -> str:
     """``+0.041 (p=0.032)``; ``—`` without a reference; ``+0.041 (n=1)`` with one seed."""
     if not test:
         return "—"
-    diff = f"{test['mean_diff']:+.3f}"
+    mean = float(test["mean_diff"])
+    diff = f"{0.0 if abs(mean) < 5e-9 else mean:+.3f}"  # no "-0.000" from rounding noise
     return diff + (f" (n={test['n']})" if test["p"] is None else f" (p={test['p']:.3f})")
 
 
