@@ -266,13 +266,18 @@ def _parse_timm(keys: _Keys, fmt: str, target: Any) -> _Canon:
     prefix_pos = pos[: n - n_patch] if n_patch < n else None
     depth = _depth(keys.sd, r"blocks\.(\d+)\.")
     blocks = [_timm_block(keys, f"blocks.{i}.") for i in range(depth)]
-    norm = None
-    if "norm.weight" in keys.sd:
-        norm = {"weight": keys.take("norm.weight"), "bias": keys.take("norm.bias")}
+    norm = _final_norm(keys, "norm.")
     keys.ignore(r"fc_norm\.", "timm's fc_norm normalises the pooled vector, not the tokens")
     keys.ignore(r"head(_dist)?\.", "classifier head")
     keys.ignore(r"(decoder_|mask_token)", "MAE decoder")
     return _Canon(w, b, pos[n - n_patch :], grid, axes, prefix, prefix_pos, blocks, norm)
+
+
+def _final_norm(keys: _Keys, prefix: str) -> dict[str, Tensor] | None:
+    """The final LayerNorm's weight and bias under ``prefix`` (consumed), or None when the file has none."""
+    if prefix + "weight" not in keys.sd:
+        return None
+    return {"weight": keys.take(prefix + "weight"), "bias": keys.take(prefix + "bias")}
 
 
 def _strip_prefix(keys: _Keys, prefixes: tuple[str, ...]) -> _Keys:
@@ -326,9 +331,7 @@ def _parse_hf_videomae(keys: _Keys) -> _Canon:
     b = keys.get("embeddings.patch_embeddings.projection.bias")
     depth = _depth(keys.sd, r"encoder\.layer\.(\d+)\.")
     blocks = [_hf_block(keys, f"encoder.layer.{i}.", "hf_videomae") for i in range(depth)]
-    norm = None
-    if "layernorm.weight" in keys.sd:
-        norm = {"weight": keys.take("layernorm.weight"), "bias": keys.take("layernorm.bias")}
+    norm = _final_norm(keys, "layernorm.")
     keys.ignore(r"fc_norm\.", "VideoMAE's fc_norm normalises the mean-pooled vector, not the tokens")
     keys.ignore(r"classifier\.", "classifier head")
     keys.ignore(r"(decoder\.|encoder_to_decoder|mask_token|position_embeddings)", "MAE decoder")

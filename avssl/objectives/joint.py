@@ -22,6 +22,7 @@ from avssl.objectives.base import BuildContext, Objective, ObjectiveOutput, Step
 from avssl.objectives.contrastive import SyncContrastive
 from avssl.objectives.mae import (
     MaskedInput,
+    MaskingOptions,
     check_mask_config,
     masked_input,
     pos_embed,
@@ -163,20 +164,13 @@ class JointMAE(nn.Module):
 
 
 @dataclass
-class JointOptions:
+class JointOptions(MaskingOptions):
+    """``objective.joint``: the shared masking options plus the joint layer and the contrastive term."""
+
     dim: Optional[int]  # noqa: UP045  joint layer width; None: the encoders' width (OmegaConf reads Optional)
     depth: int
     num_heads: int
     mlp_ratio: float
-    video_mask_kind: str
-    video_mask_ratio: float
-    audio_mask_kind: str
-    audio_mask_ratio: float
-    norm_pix: bool
-    decoder_dim: int
-    decoder_depth: int
-    decoder_heads: int
-    decoder_mlp_ratio: float
     temperature: float
     learn_temperature: bool
     negatives: str
@@ -205,11 +199,8 @@ class JointObjective(Objective):
             {m: ctx.encoders[m].num_features for m in MODALITIES},
             {m: encoder_patch_dim(ctx.encoders[m], m) for m in MODALITIES} if recon else {},
             dim=j.dim, depth=j.depth, num_heads=j.num_heads, mlp_ratio=j.mlp_ratio,
-            mask_kind={"video": j.video_mask_kind, "audio": j.audio_mask_kind},
-            mask_ratio={"video": j.video_mask_ratio, "audio": j.audio_mask_ratio},
-            norm_pix=j.norm_pix, reconstruct=recon,
-            decoder={"dim": j.decoder_dim, "depth": j.decoder_depth, "num_heads": j.decoder_heads,
-                     "mlp_ratio": j.decoder_mlp_ratio},
+            mask_kind={m: j.mask_kind(m) for m in MODALITIES}, mask_ratio={m: j.mask_ratio(m) for m in MODALITIES},
+            norm_pix=j.norm_pix, reconstruct=recon, decoder=j.decoder(),
             contrastive={"temperature": j.temperature, "learn_temperature": j.learn_temperature,
                          "negatives": j.negatives} if ctx.active("joint_contrastive") else None,
         )

@@ -172,7 +172,9 @@ class MAEBranch(nn.Module):
 
 
 @dataclass
-class MaeOptions:
+class MaskingOptions:
+    """Masks, targets and decoder of a masked-prediction objective (``mae`` and ``joint`` share them)."""
+
     video_mask_kind: str  # tube | random
     video_mask_ratio: float
     audio_mask_kind: str
@@ -182,6 +184,22 @@ class MaeOptions:
     decoder_depth: int
     decoder_heads: int
     decoder_mlp_ratio: float
+
+    def mask_kind(self, modality: str) -> str:
+        return str(getattr(self, f"{modality}_mask_kind"))
+
+    def mask_ratio(self, modality: str) -> float:
+        return float(getattr(self, f"{modality}_mask_ratio"))
+
+    def decoder(self) -> dict[str, Any]:
+        """Keyword arguments of the decoder (``MAEDecoder`` / ``JointMAEDecoder``)."""
+        return {"dim": self.decoder_dim, "depth": self.decoder_depth, "num_heads": self.decoder_heads,
+                "mlp_ratio": self.decoder_mlp_ratio}
+
+
+@dataclass
+class MaeOptions(MaskingOptions):
+    """``objective.mae``: only the shared masking options."""
 
 
 @register_objective
@@ -202,10 +220,7 @@ class MaskedObjective(Objective):
         self.branches = nn.ModuleDict({
             m: MAEBranch(
                 ctx.encoders[m].num_features, encoder_patch_dim(ctx.encoders[m], m),
-                mask_kind=getattr(o, f"{m}_mask_kind"), mask_ratio=getattr(o, f"{m}_mask_ratio"),
-                norm_pix=o.norm_pix,
-                decoder={"dim": o.decoder_dim, "depth": o.decoder_depth, "num_heads": o.decoder_heads,
-                         "mlp_ratio": o.decoder_mlp_ratio})
+                mask_kind=o.mask_kind(m), mask_ratio=o.mask_ratio(m), norm_pix=o.norm_pix, decoder=o.decoder())
             for m in MODALITIES if ctx.active(f"mae_{m}")
         })
 
@@ -244,6 +259,7 @@ __all__ = [
     "patch_dim_for",
     "MAEBranch",
     "MaeOptions",
+    "MaskingOptions",
     "MaskedObjective",
     "encoder_patch_dim",
 ]
