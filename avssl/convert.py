@@ -495,6 +495,9 @@ def convert_state_dict(
         raise ValueError(f"inflate must be one of {INFLATE_MODES}, got {inflate!r}")
     if not hasattr(target, "blocks") or not hasattr(target, "pos_grid"):
         raise StateDictMismatchError(source, f"{fmt} weights convert only into avssl ViT encoders, not {type(target).__name__}")
+    if getattr(target, "stem", None) is not None:
+        raise StateDictMismatchError(source, f"{fmt} weights have a linear patch embedding; this encoder has a "
+                                     f"convolutional stem (stem_convs={target.stem_convs}): build it with stem_convs=0")
     modality = str(getattr(target, "modality", ""))
     keys = _Keys(sd, source)
     if fmt in ("timm", "audiomae"):
@@ -554,6 +557,9 @@ def to_timm_state_dict(encoder: Any) -> tuple[dict[str, Tensor], dict[str, Any]]
     name = type(encoder).__name__
     if not hasattr(encoder, "blocks") or not hasattr(encoder, "pos_grid"):
         raise ExportError(None, f"only avssl ViT encoders have a timm layout, not {name}")
+    if getattr(encoder, "stem", None) is not None:
+        raise ExportError(None, f"{name} has a convolutional stem (stem_convs={encoder.stem_convs}): timm's "
+                          "VisionTransformer embeds patches with one linear projection")
     patch = tuple(int(p) for p in encoder.patch)
     grid = tuple(int(g) for g in encoder.pos_grid)
     w = encoder.patch_embed.weight.detach()

@@ -364,3 +364,66 @@ def test_projection_head() -> None:
         ProjectionHead(16, 8, num_layers=0)
     with pytest.raises(ValueError, match=r"\[\.\.\., 16\]"):
         lin(torch.randn(2, 15))
+
+
+# --- early-convolution stem (stem_convs) -----------------------------------------------------------------------
+STEMS = [
+    ("vit_video_nano", dict(tubelet=1, patch_size=16, stem_convs=4)),
+    ("vit_video_nano", dict(tubelet=2, patch_size=16, stem_convs=2)),
+    ("vit_video_nano", dict(tubelet=1, patch_size=8, stem_convs=3)),
+    ("vit_audio_nano", dict(patch_size=(4, 16), stem_convs=4)),
+    ("vit_audio_nano", dict(patch_size=16, stem_convs=1)),
+]
+
+
+@pytest.mark.parametrize(("name", "kwargs"), STEMS)
+def test_conv_stem_keeps_the_patch_grid(name: str, kwargs: dict) -> None:
+    """A stem changes how tokens are computed, never which part of the input each token stands for."""
+    stem = build(name, **kwargs).eval()
+    plain = build(name, **{k: v for k, v in kwargs.items() if k != "stem_convs"}).eval()
+    assert stem.stem is not None and plain.stem is None
+    for shape in (stem.input_shape, ODD[stem.modality]):
+        assert stem.token_grid(shape) == plain.token_grid(shape)
+        assert stem.patch_shape(shape) == plain.patch_shape(shape)
+        with torch.no_grad():
+            assert stem.forward_features(inputs(stem, shape=shape)).shape == plain.forward_features(
+                inputs(plain, shape=shape)).shape
+    # the stem looks at every pixel of its patch: each token changes when any pixel of its cell changes
+    x = inputs(stem)
+    grid, patch = stem.token_grid(), stem.patch_shape()
+    with torch.no_grad():
+        base = stem.forward_features(x)
+        for cell in (0, math.prod(grid) - 1):
+            mask = torch.zeros(1, math.prod(grid), dtype=torch.bool)
+            mask[0, cell] = True
+            cells = mask_to_cells(mask, grid, patch, x.shape[2:]).unsqueeze(1)
+            moved = stem.forward_features(torch.where(cells, x + 1.0, x))
+            assert not torch.allclose(moved[:, cell], base[:, cell])
+
+
+@pytest.mark.parametrize(("name", "kwargs"), STEMS)
+def test_conv_stem_masking_hides_the_hidden_cells(name: str, kwargs: dict) -> None:
+    """3x3 convolutions reach across patch borders; the hidden cells are zeroed before the stem (SimMIM-style),
+    so nothing under a hidden token reaches a visible one (MAE objectives stay honest)."""
+    enc = build(name, **kwargs).eval()
+    x = inputs(enc)
+    grid, patch = enc.token_grid(), enc.patch_shape()
+    mask = random_mask(2, math.prod(grid), 0.5, generator=torch.Generator().manual_seed(5))
+    cells = mask_to_cells(mask, grid, patch, x.shape[2:]).unsqueeze(1)
+    with torch.no_grad():
+        out = enc.forward_features(x, mask)
+        torch.testing.assert_close(enc.forward_features(torch.where(cells, torch.randn_like(x) * 10, x), mask), out)
+        assert out.shape == (2, math.prod(grid) - int(mask[0].sum()), enc.num_features)
+
+
+def test_conv_stem_errors_and_gradients() -> None:
+    with pytest.raises(ValueError, match="more stride-2 steps"):
+        build("vit_video_nano", tubelet=1, patch_size=8, stem_convs=4)  # 8 px patches allow 3 halvings
+    with pytest.raises(ValueError, match="non-overlapping"):
+        build("vit_audio_nano", patch_size=16, patch_stride=10, stem_convs=2)
+    with pytest.raises(ValueError, match=">= 0"):
+        build("vit_audio_nano", stem_convs=-1)
+    enc = build("vit_video_nano", tubelet=1, stem_convs=4).train()
+    enc(inputs(enc, n=3)).square().mean().backward()
+    for pname, p in enc.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, pname

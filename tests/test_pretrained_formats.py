@@ -226,6 +226,17 @@ def test_loader_errors_name_what_does_not_fit(tmp_path):
         create_encoder("vit_video_nano", pretrained=path, pos_embed="learned", class_token=True, **kw)
     with pytest.raises(ValueError, match="pretrained_format"):
         create_encoder("vit_video_nano", pretrained=path, pretrained_format="nope", **kw)
+    # a convolutional stem has no linear patch embedding to receive timm's: said, not silently half-loaded
+    with pytest.raises(StateDictMismatchError, match="convolutional stem"):
+        create_encoder("vit_video_nano", pretrained=_save(ref.state_dict(), tmp_path / "c.pth"), pos_embed="learned",
+                       class_token=True, tubelet=1, stem_convs=2, **kw)
+
+
+def test_export_to_timm_refuses_a_conv_stem():
+    from avssl.weights import ExportError
+
+    with pytest.raises(ExportError, match="convolutional stem"):
+        to_timm_state_dict(create_encoder("vit_audio_nano", depth=1, num_frames=48, stem_convs=2))
 
 
 def test_default_encoders_are_unchanged_by_the_new_options():

@@ -23,7 +23,14 @@ from torch import Tensor, nn
 from torchvision.ops import StochasticDepth
 
 from avssl.models.base import Encoder, select_visible
-from avssl.models.patching import _as_tuple, check_mask, grid_size, interpolate_pos_embed, sincos_pos_embed
+from avssl.models.patching import (
+    _as_tuple,
+    check_mask,
+    grid_size,
+    interpolate_pos_embed,
+    mask_to_cells,
+    sincos_pos_embed,
+)
 from avssl.models.registry import build_encoder, register_encoder
 
 POS_EMBED_KINDS = ("sincos", "learned")
@@ -91,6 +98,40 @@ def init_transformer_weights(module: nn.Module) -> None:
         nn.init.zeros_(module.bias)
 
 
+def conv_stem(
+    modality: str, in_chans: int, embed_dim: int, patch: tuple[int, ...], stride: tuple[int, ...], num_convs: int
+) -> tuple[nn.Sequential | None, int, tuple[int, ...]]:
+    """``num_convs`` 3x3 convolutions (BatchNorm, ReLU), each halving the spatial axes (and an audio patch's time
+    axis) while the patch has a factor 2 left there; widths double up to ``embed_dim``. Video convolutions are
+    3x3x3 with stride 1 in time (the tubelet stays with the projection). Returns the stem (None for
+    ``num_convs=0``), the projection's input channels and the part of the patch left to the projection."""
+    if num_convs < 0:
+        raise ValueError(f"stem_convs must be >= 0, got {num_convs}")
+    if num_convs == 0:
+        return None, in_chans, patch
+    if tuple(stride) != tuple(patch):
+        raise ValueError(f"stem_convs needs non-overlapping patches, got patch {patch} with stride {stride}")
+    left = list(patch)
+    first = 1 if modality == "video" else 0  # video: the time axis is never strided in the stem
+    mods: list[nn.Module] = []
+    chans = in_chans
+    widths = [max(8, embed_dim // 2 ** (num_convs - 1 - i)) for i in range(num_convs)]
+    for width in widths:
+        steps = [1] * first + [2 if (a >= first and left[a] % 2 == 0) else 1 for a in range(first, len(left))]
+        if all(s == 1 for s in steps):
+            raise ValueError(f"stem_convs={num_convs} is more stride-2 steps than patch {patch} allows")
+        if len(patch) == 3:
+            mods.append(nn.Conv3d(chans, width, 3, stride=tuple(steps), padding=1, bias=False))  # type: ignore[arg-type]
+            mods.append(nn.BatchNorm3d(width))
+        else:
+            mods.append(nn.Conv2d(chans, width, 3, stride=tuple(steps), padding=1, bias=False))  # type: ignore[arg-type]
+            mods.append(nn.BatchNorm2d(width))
+        mods.append(nn.ReLU(inplace=True))
+        left = [p // s for p, s in zip(left, steps)]
+        chans = width
+    return nn.Sequential(*mods), chans, tuple(left)
+
+
 class ViTEncoder(Encoder):
     """Shared ViT trunk: patch embedding (conv with kernel = stride = patch), positions, blocks, final norm."""
 
@@ -110,6 +151,7 @@ class ViTEncoder(Encoder):
         class_token: bool = False,
         dist_token: bool = False,
         prefix_attn_bias: bool = True,
+        stem_convs: int = 0,
     ) -> None:
         super().__init__()
         if dist_token and not class_token:
@@ -133,11 +175,15 @@ class ViTEncoder(Encoder):
         self.num_prefix_tokens = int(class_token) + int(dist_token)
         self.prefix_attn_bias = bool(prefix_attn_bias)
         in_chans = input_shape[0]
-        self.patch_embed: nn.Conv2d | nn.Conv3d
-        if len(patch) == 3:
-            self.patch_embed = nn.Conv3d(in_chans, embed_dim, kernel_size=patch, stride=self.stride)  # type: ignore[arg-type]
-        else:
-            self.patch_embed = nn.Conv2d(in_chans, embed_dim, kernel_size=patch, stride=self.stride)  # type: ignore[arg-type]
+        self.stem_convs = int(stem_convs)
+        # stem_convs > 0: an early-convolution stem (Xiao et al. 2021) does the first stride-2 steps of the patch
+        # embedding with 3x3 convolutions, BatchNorm and ReLU; the patch projection then covers what is left of
+        # the patch, so the token grid (and every MAE target) is the one of the plain patch embedding
+        self.stem, proj_in, proj_patch = conv_stem(modality, in_chans, embed_dim, patch, self.stride, self.stem_convs)
+        conv: Any = nn.Conv3d if len(patch) == 3 else nn.Conv2d
+        self.patch_embed: nn.Conv2d | nn.Conv3d = conv(
+            proj_in, embed_dim, kernel_size=proj_patch, stride=self.stride if self.stem is None else proj_patch
+        )
         grid = self.token_grid(input_shape)
         self.pos_grid = grid
         table = sincos_pos_embed(grid, embed_dim).unsqueeze(0)
@@ -162,6 +208,9 @@ class ViTEncoder(Encoder):
         nn.init.xavier_uniform_(w.view(w.shape[0], -1))
         if self.patch_embed.bias is not None:
             nn.init.zeros_(self.patch_embed.bias)
+        for m in self.stem.modules() if self.stem is not None else ():
+            if isinstance(m, (nn.Conv2d, nn.Conv3d)):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
         if class_token:
             nn.init.normal_(self.cls_token, std=0.02)
         if dist_token:
@@ -238,26 +287,39 @@ class ViTEncoder(Encoder):
     # --- forward --------------------------------------------------------------------------------------
     def embed(self, x: Tensor) -> Tensor:
         """Patch tokens plus positions ``[N, L, D]`` in grid order (remainders cropped)."""
-        self.check_input(x)
-        tokens = self.patch_embed(x)
+        tokens = self._patch_tokens(x)
         grid = tuple(tokens.shape[2:])
         tokens = tokens.flatten(2).transpose(1, 2)
         return tokens + self.position_table(grid)
+
+    def _patch_tokens(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+        """The patch embedding ``[N, D, *grid]`` (through the convolutional stem when there is one). The stem's
+        3x3 convolutions reach across patch borders, so with a ``mask`` the hidden cells are zeroed first
+        (SimMIM-style, as the CNN encoders do): what lies under a hidden token cannot reach a visible one."""
+        self.check_input(x)
+        if self.stem is None:
+            return self.patch_embed(x)
+        grid = self.token_grid(tuple(x.shape[1:]))
+        x = x[(slice(None), slice(None), *(slice(0, g * p) for g, p in zip(grid, self.patch)))]  # whole patches
+        if mask is not None:
+            check_mask(mask, x.shape[0], math.prod(grid))
+            cells = mask_to_cells(mask.to(x.device), grid, self.patch, tuple(x.shape[2:])).unsqueeze(1)
+            x = x.masked_fill(cells, 0.0)
+        return self.patch_embed(self.stem(x))
 
     def prefix_bias(self, grid: tuple[int, ...], length: int) -> Tensor | None:
         """Additive key bias ``[1, 1, 1, length]``: log T' on the prefix tokens of a video grid with T' > 1 time
         slices (``prefix_attn_bias``), so that a static clip attends as the image model did; else None."""
         if not (self.num_prefix_tokens and self.prefix_attn_bias and self.modality == "video" and grid[0] > 1):
             return None
-        bias = torch.zeros(length, device=self.patch_embed.weight.device)
+        bias = torch.zeros(length, device=self.norm.weight.device)
         bias[: self.num_prefix_tokens] = math.log(grid[0])
         return bias.view(1, 1, 1, length)
 
     def forward_tokens(self, x: Tensor, mask: Tensor | None = None, *, norm: bool = True) -> Tensor:
         """All tokens ``[N, P + L_vis, D]``: the P prefix tokens (class, then distillation) first, then the visible
         grid tokens in grid order (time-major for video); ``norm=False`` skips the final LayerNorm."""
-        self.check_input(x)
-        tokens = self.patch_embed(x)
+        tokens = self._patch_tokens(x, mask)
         grid = tuple(tokens.shape[2:])
         tokens = tokens.flatten(2).transpose(1, 2) + self.position_table(grid)
         if mask is not None:
@@ -300,6 +362,7 @@ class VideoViT(ViTEncoder):
         pos_embed: str = "sincos",
         class_token: bool = False,
         prefix_attn_bias: bool = True,
+        stem_convs: int = 0,
     ) -> None:
         h, w = _as_tuple(img_size, 2, "img_size")
         ph, pw = _as_tuple(patch_size, 2, "patch_size")
@@ -316,6 +379,7 @@ class VideoViT(ViTEncoder):
             pos_embed=pos_embed,
             class_token=class_token,
             prefix_attn_bias=prefix_attn_bias,
+            stem_convs=stem_convs,
         )
 
 
@@ -340,6 +404,7 @@ class AudioViT(ViTEncoder):
         class_token: bool = False,
         dist_token: bool = False,
         patch_stride: int | Sequence[int] | None = None,
+        stem_convs: int = 0,
     ) -> None:
         super().__init__(
             modality="audio",
@@ -354,6 +419,7 @@ class AudioViT(ViTEncoder):
             mlp_ratio=mlp_ratio,
             drop_path=drop_path,
             pos_embed=pos_embed,
+            stem_convs=stem_convs,
         )
 
 
