@@ -1,8 +1,10 @@
 """WebDataset shards: writing (atomic, resumable, parallel), A/V sync through re-encoding, epoch planning, and
-exactly-once reading across 2 processes x 2 DataLoader workers."""
+exactly-once reading across 2 processes x 2 DataLoader workers, for every representation (the round-trip grid is
+in test_shard_formats.py)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import socket
@@ -21,8 +23,8 @@ pytest.importorskip("webdataset")
 from mediagen import detect_audio_onsets, detect_flash_times, make_av_file  # noqa: E402
 
 from avssl.data.manifest import ManifestRow, write_manifest  # noqa: E402
-from avssl.data.media import read_av_window  # noqa: E402
 from avssl.data.sampling import ClipSpec  # noqa: E402
+from avssl.data.shard_formats import AUDIO_MEMBER, VIDEO_FORMATS, VIDEO_MEMBER, decode_audio, decode_frames  # noqa: E402
 from avssl.data.shards import (  # noqa: E402
     ShardedClipDataset,
     ShardError,
@@ -38,28 +40,56 @@ CFG = ShardWriteConfig(samples_per_shard=2, max_segment_duration=1.0, min_segmen
 
 @pytest.fixture(scope="module")
 def shard_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """5 demo videos of 2.6 s cut into 3 pieces each: 15 train samples in 8 shards (the last holds one)."""
+    """5 demo videos of 2.6 s cut into 3 pieces each: 15 train samples in 8 shards (the last holds one), in the
+    default representation (out/) and in each other one (out_<format>/)."""
     root = tmp_path_factory.mktemp("shards")
     manifest = make_demo_dataset(root / "demo", num_videos=5, duration=2.6, size=48, fps=12, val_fraction=0.0)
     result = write_shards(manifest, root / "out", CFG, num_workers=2)
     assert result.complete and result.num_samples == {"train": 15, "val": 0} and not result.failed
+    for fmt in VIDEO_FORMATS:
+        if fmt != CFG.format:
+            other = write_shards(manifest, root / f"out_{fmt}", dataclasses.replace(CFG, format=fmt, audio="flac"))
+            assert other.complete and other.num_samples == result.num_samples
     return root
 
 
-def test_shards_are_plain_tar_files_with_mp4_and_json(shard_dir: Path):
+def _format_dir(shard_dir: Path, fmt: str) -> Path:
+    return shard_dir / ("out" if fmt == CFG.format else f"out_{fmt}")
+
+
+def _members(tar_path: Path, key: str) -> dict[str, bytes]:
+    with tarfile.open(tar_path) as tf:
+        return {m.name.split(".", 1)[1]: tf.extractfile(m).read()  # type: ignore[union-attr]
+                for m in tf.getmembers() if m.name.split(".", 1)[0] == key}
+
+
+def _decoded(members: dict[str, bytes]) -> tuple[dict, np.ndarray, np.ndarray, np.ndarray]:
+    """(json, all stored frames, their file-clock times, audio) of one version-2 sample."""
+    meta = json.loads(members["json"])
+    vd, ad = meta["video"], meta["audio"]
+    frames = decode_frames(members[VIDEO_MEMBER[vd["format"]]], vd, list(range(len(vd["index"]))))
+    times = meta["start"] + np.asarray(vd["index"]) / meta["fps"]
+    audio = decode_audio(members[AUDIO_MEMBER[ad["codec"]]], ad["codec"], ad["num_samples"]) if ad else np.zeros(0)
+    return meta, frames, times, audio
+
+
+def test_shards_are_plain_tar_files_with_frames_audio_and_json(shard_dir: Path):
     out = shard_dir / "out"
     index = json.loads((out / "index.json").read_text())
+    assert index["version"] == 2 and index["config"]["format"] == CFG.format
     shards = index["splits"]["train"]["shards"]
     assert [s["num_samples"] for s in shards] == [2] * 7 + [1]
     with tarfile.open(out / shards[0]["name"]) as tf:
         names = tf.getnames()
-        assert sorted(names) == ["train-000000000.json", "train-000000000.mp4", "train-000000001.json",
-                                 "train-000000001.mp4"]
-        meta = json.loads(tf.extractfile("train-000000000.json").read())  # type: ignore[union-attr]
-        mp4 = tf.extractfile("train-000000000.mp4").read()  # type: ignore[union-attr]
+    video, audio = VIDEO_MEMBER[CFG.format], AUDIO_MEMBER[CFG.audio]
+    assert sorted(names) == sorted(f"train-00000000{i}.{ext}" for i in (0, 1) for ext in ("json", video, audio))
+    members = _members(out / shards[0]["name"], "train-000000000")
+    meta, frames, times, wave = _decoded(members)
     assert meta["start"] == 0.0 and meta["end"] == pytest.approx(round(2.6 * 12) / 12 / 3) and meta["meta"]["label"]
-    assert meta["width"] == 48 and meta["height"] == 48 and meta["has_audio"]
-    assert len(mp4) < 60_000  # compact: 0.87 s at 48 px, 8 fps
+    assert meta["width"] == 48 and meta["height"] == 48 and meta["has_audio"] and meta["version"] == 2
+    assert frames.shape == (7, 48, 48, 3) and np.allclose(np.diff(times), 1 / 8)  # at the training fps and size
+    assert len(wave) == meta["audio"]["num_samples"] == round(meta["duration"] * 16000)
+    assert len(members[video]) + len(members[audio]) < 60_000  # compact: 0.87 s at 48 px, 8 fps
 
 
 def test_rerun_skips_finished_shards_and_refuses_other_settings(shard_dir: Path, tmp_path: Path):
@@ -81,34 +111,29 @@ def test_rerun_skips_finished_shards_and_refuses_other_settings(shard_dir: Path,
     assert rest.complete and rest.num_samples["train"] == 15
 
 
-def test_reencoded_segment_keeps_sync_and_missing_audio(tmp_path: Path):
+@pytest.mark.parametrize("fmt", VIDEO_FORMATS)
+def test_stored_segment_keeps_sync_and_missing_audio(tmp_path: Path, fmt: str):
     truth = make_av_file(tmp_path / "src.mp4", duration=3.0, fps=25, size=(96, 64), audio_offset=0.5,
                          events=(1.2, 2.3), gop=50)
     write_manifest(tmp_path / "m.csv", [ManifestRow(path=truth.path, start=0.8, end=3.0)])
     cfg = ShardWriteConfig(samples_per_shard=4, max_segment_duration=None, size=64, fps=25, gop=5,
-                           splits=("train",))
+                           splits=("train",), format=fmt)
     write_shards(tmp_path / "m.csv", tmp_path / "out", cfg)
-    with tarfile.open(tmp_path / "out" / "train-000000.tar") as tf:
-        data = tf.extractfile("train-000000000.mp4").read()  # type: ignore[union-attr]
-    seg = tmp_path / "seg.mp4"
-    seg.write_bytes(data)
-    win = read_av_window(seg, 0.0, 2.2, fps=25)
-    assert win.frames.shape[1] == 64  # short side
-    flashes = detect_flash_times(win.frames.numpy(), win.frame_times.numpy())
-    onsets = detect_audio_onsets(win.audio.numpy(), 16000, start=win.audio_start)
-    np.testing.assert_allclose(flashes, truth.events - 0.8, atol=0.041)  # one frame at 25 fps
-    np.testing.assert_allclose(onsets, truth.events - 0.8, atol=0.003)
+    meta, frames, times, wave = _decoded(_members(tmp_path / "out" / "train-000000.tar", "train-000000000"))
+    assert frames.shape[1] == 64  # short side
+    flashes = detect_flash_times(frames, times)
+    onsets = detect_audio_onsets(wave, 16000, start=meta["audio"]["start"])
+    np.testing.assert_allclose(flashes, truth.events, atol=0.041)  # one frame at 25 fps (file clock)
+    np.testing.assert_allclose(onsets, truth.events, atol=0.003)
 
-    # audio starting late: the re-encoded file marks the uncovered start invalid again
+    # audio starting late: the stored sample marks the uncovered start invalid again (PCM: no encoder priming)
     late = make_av_file(tmp_path / "late.mp4", duration=2.0, fps=25, audio_offset=0.6, events=(1.0,))
     write_manifest(tmp_path / "m2.csv", [ManifestRow(path=late.path, start=0.0, end=2.0)])
     write_shards(tmp_path / "m2.csv", tmp_path / "out2", cfg)
-    with tarfile.open(tmp_path / "out2" / "train-000000.tar") as tf:
-        seg.write_bytes(tf.extractfile("train-000000000.mp4").read())  # type: ignore[union-attr]
-    w2 = read_av_window(seg, 0.0, 2.0, fps=25)
-    valid = w2.audio_valid.numpy()
-    # (AAC encoder priming, 1024 samples = 64 ms, reads as near-silent valid audio before the first real sample)
-    assert not valid[: int(0.6 * 16000) - 2 * 1024].any() and valid[int(0.65 * 16000) : int(1.9 * 16000)].all()
+    meta2 = json.loads(_members(tmp_path / "out2" / "train-000000.tar", "train-000000000")["json"])
+    (lo, hi), = meta2["audio"]["valid"]
+    # (the AAC source's encoder priming, 1024 samples = 64 ms, reads as near-silent valid audio before its start)
+    assert 0.6 * 16000 - 2 * 1024 <= lo <= 0.6 * 16000 and hi == meta2["audio"]["num_samples"]
 
 
 def test_plan_epoch_even_modes():
@@ -133,14 +158,14 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _reader_worker(rank: int, world: int, port: int, out_dir: str, result_dir: str) -> None:
+def _reader_worker(rank: int, world: int, port: int, out_dir: str, result_dir: str, decode_none: bool) -> None:
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     try:
         index = ShardIndex.load(out_dir, "train")
         results = {}
         for even in ("none", "drop", "pad"):
-            ds = ShardedClipDataset(index, clip=ClipSpec(2, 0.25), batch_size=2, num_workers=2, even=even,
-                                    seed=3, decode=False)
+            ds = ShardedClipDataset(index, clip=ClipSpec(2, 0.25), fps=8, frame_size=48, batch_size=2,
+                                    num_workers=2, even=even, seed=3, decode=decode_none and even == "none")
             epochs = []
             for epoch in (0, 1):
                 ds.set_epoch(epoch)
@@ -157,8 +182,12 @@ def _reader_worker(rank: int, world: int, port: int, out_dir: str, result_dir: s
 
 
 @pytest.mark.slow
-def test_reader_yields_every_sample_once_across_two_processes_and_two_workers(shard_dir: Path, tmp_path: Path):
-    mp.spawn(_reader_worker, args=(2, _free_port(), str(shard_dir / "out"), str(tmp_path)), nprocs=2, join=True)
+@pytest.mark.parametrize("fmt", VIDEO_FORMATS)
+def test_reader_yields_every_sample_once_across_two_processes_and_two_workers(shard_dir: Path, tmp_path: Path,
+                                                                             fmt: str):
+    """Keys of every batch over 2 ranks x 2 workers; with even="none" the samples are decoded (in the format)."""
+    mp.spawn(_reader_worker, args=(2, _free_port(), str(_format_dir(shard_dir, fmt)), str(tmp_path), True),
+             nprocs=2, join=True)
     res = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
     everything = {f"train-{i:09d}" for i in range(15)}
     for epoch in (0, 1):
@@ -187,7 +216,7 @@ def test_decoded_batches_follow_the_sample_contract(shard_dir: Path):
     assert batch["video"].shape == (4, 2, 3, 2, 48, 48) and batch["audio"].shape[:3] == (4, 2, 1)
     assert batch["video_valid"].all() and batch["audio_valid"].float().mean() > 0.9
     assert batch["label"].min() >= 0 and batch["num_skipped"].sum() == 0
-    assert all(p.endswith(".mp4") and "demo" in p for p in batch["path"])
+    assert all(p.endswith(".mp4") and "demo" in p for p in batch["path"])  # the source files
     first = next(iter(ds))
     again = next(iter(ds))
     assert torch.equal(first["video"], again["video"]) and torch.equal(first["audio"], again["audio"])
@@ -239,18 +268,15 @@ def test_manifest_orient_is_baked_into_the_shard_once(tmp_path: Path):
                                                     meta={"orient": "180", "child": "S"})], extra_columns=["child"])
     cfg = ShardWriteConfig(samples_per_shard=4, max_segment_duration=None, size=48, fps=25, splits=("train",))
     write_shards(tmp_path / "m.csv", tmp_path / "out", cfg)
-    with tarfile.open(tmp_path / "out" / "train-000000.tar") as tf:
-        data = tf.extractfile("train-000000000.mp4").read()  # type: ignore[union-attr]
-        meta = json.loads(tf.extractfile("train-000000000.json").read())  # type: ignore[union-attr]
+    meta, frames, _, _ = _decoded(_members(tmp_path / "out" / "train-000000.tar", "train-000000000"))
     assert meta["orient_applied"] == "180" and meta["meta"] == {"child": "S"}
-    seg = tmp_path / "seg.mp4"
-    seg.write_bytes(data)
-    frame = read_av_window(seg, 0.1, 0.2).frames[0].numpy().astype(int)
+    frame = frames[3].astype(int)
     assert frame[:8, :8, 0].mean() > 180 and frame[:8, :8, 1].mean() < 80  # red marker top-left: upright
 
 
-def _corrupt_copy(src: Path, dst: Path, bad_keys: set[str]) -> None:
-    """A copy of the shard folder ``src`` in which the mp4 of each of ``bad_keys`` is replaced by junk bytes."""
+def _corrupt_copy(src: Path, dst: Path, bad_keys: set[str], member: str = "mjpeg") -> None:
+    """A copy of the shard folder ``src`` in which the ``member`` of each of ``bad_keys`` is replaced by junk bytes
+    (a truncated copy of itself followed by junk)."""
     import io
     import shutil
 
@@ -262,24 +288,28 @@ def _corrupt_copy(src: Path, dst: Path, bad_keys: set[str]) -> None:
             continue
         with tarfile.open(tar_path, "w") as tf:
             for m, data in members:
-                if m.name.endswith(".mp4") and m.name.rsplit(".", 1)[0] in bad_keys:
-                    data = b"this is not an mp4 file" * 4
+                if m.name.endswith("." + member) and m.name.rsplit(".", 1)[0] in bad_keys:
+                    data = data[: len(data) // 2] + b"this is not a media file" * 4
                     m.size = len(data)
                 tf.addfile(m, io.BytesIO(data))
 
 
-def test_undecodable_samples_are_replaced_so_ranks_stay_even(shard_dir: Path, tmp_path: Path):
-    """Two bad samples on one rank: every rank still yields its planned number of full batches (the bad samples
-    replaced by good ones, counted in num_replaced), and a resume after them continues exactly."""
+@pytest.mark.parametrize(("fmt", "member"), [("jpeg", "mjpeg"), ("jpeg", "pcm"), ("h264", "h264"),
+                                             ("h264", "flac")])
+def test_undecodable_samples_are_replaced_so_ranks_stay_even(shard_dir: Path, tmp_path: Path, fmt: str,
+                                                             member: str):
+    """Two bad samples (a broken video or audio member) on one rank: every rank still yields its planned number
+    of full batches (the bad samples replaced by good ones, counted in num_replaced), and a resume after them
+    continues exactly."""
     from avssl.lit.distributed import ResumableDataLoader
 
-    index = ShardIndex.load(shard_dir / "out", "train")
+    index = ShardIndex.load(_format_dir(shard_dir, fmt), "train")
     kw = dict(clip=ClipSpec(2, 0.25), fps=8, frame_size=48, batch_size=2, num_workers=0, even="drop", seed=2,
               world_size=2)
     plain = ShardedClipDataset(index, **{**kw, "decode": False}, rank=0)  # type: ignore[arg-type]
     rank0_keys = [str(s["key"]) for s in plain]
     bad = set(rank0_keys[:2])  # in rank 0's first batch
-    _corrupt_copy(shard_dir / "out", tmp_path / "bad", bad)
+    _corrupt_copy(_format_dir(shard_dir, fmt), tmp_path / "bad", bad, member)
     bad_index = ShardIndex.load(tmp_path / "bad", "train")
     per_rank = [list(DataLoader(ShardedClipDataset(bad_index, **kw, rank=r), batch_size=2))  # type: ignore[arg-type]
                 for r in range(2)]

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import warnings
 from collections.abc import Sequence
 from fractions import Fraction
 from typing import Any
@@ -62,6 +63,12 @@ __all__ = [
     "runs",
     "runs_to_mask",
 ]
+
+
+# torchvision 0.29 marks its image codecs deprecated in favour of TorchCodec, whose wheels need CUDA libraries and
+# system FFmpeg (docs/decoders.md): libjpeg-turbo through torchvision stays the JPEG codec here until that changes.
+warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities of TorchVision",
+                        category=DeprecationWarning)
 
 
 class FormatError(ValueError):
