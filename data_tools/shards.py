@@ -123,6 +123,10 @@ def _even(x: float) -> int:
     return max(2, int(round(x / 2)) * 2)
 
 
+FRAME_TIME_TOLERANCE = 1e-3  # s: slot k holds the frame on screen just after start + k / fps (Matroska rounds
+# frame times to whole milliseconds, so a frame due exactly on the grid may carry a time up to 0.5 ms after it)
+
+
 def _aligned_start(t: float, sample_rate: int) -> float:
     """``t`` moved to the nearest instant of the file's sample grid, so stored audio sample ``i`` is file sample
     ``round(t * sr) + i`` exactly (the reader cuts audio by file sample index)."""
@@ -148,7 +152,9 @@ def encode_segment(reader: MediaReader, job: SegmentJob, cfg: ShardWriteConfig
         out_w, out_h = _even(disp_w * scale), _even(disp_h * scale)
     start = _aligned_start(job.start, cfg.sample_rate)
     dur = job.end - start
-    win = reader.read(start, dur, fps=cfg.fps, sample_rate=cfg.sample_rate, mono=True, size=(out_h, out_w),
+    slots_n = max(1, round(dur * cfg.fps))
+    grid = start + np.arange(slots_n, dtype=np.float64) / cfg.fps + FRAME_TIME_TOLERANCE
+    win = reader.read(start, dur, frame_times=grid, sample_rate=cfg.sample_rate, mono=True, size=(out_h, out_w),
                       allow_missing_audio=cfg.allow_missing_audio, orient=fix)
     fvalid = win.frames_valid.numpy()
     avalid = win.audio_valid.numpy()
