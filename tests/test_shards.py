@@ -8,6 +8,7 @@ import dataclasses
 import json
 import os
 import socket
+import subprocess
 import tarfile
 from pathlib import Path
 
@@ -341,3 +342,70 @@ def test_shards_written_at_other_settings_are_refused(shard_dir: Path):
     with pytest.raises(ShardError, match="sample rate: shards written at 16000 Hz, data.fbank.sample_rate=8000"):
         ShardedClipDataset(index, clip=ClipSpec(2, 0.25), fps=8, frame_size=48, fbank=FbankConfig(sample_rate=8000))
     ShardedClipDataset(index, clip=ClipSpec(2, 0.25), fps=8, frame_size=48)  # matching settings
+
+
+def _run_shards(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    from conftest import console_script
+
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # only the installed package
+    return subprocess.run([console_script("avssl-shards"), *args], cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=300)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("args", "want"), [
+    ([], {"format": "jpeg", "audio": "pcm", "fps": 8.0, "size": 112, "logmel": False}),  # the training config's
+    (["--format", "h264_intra", "--audio", "flac", "--logmel", "--size", "32", "--fps", "12"],
+     {"format": "h264_intra", "audio": "flac", "fps": 12.0, "size": 32, "logmel": True}),
+    (["--config", "data.fps=4", "--config", "data.frame_size=40", "--config", "data.fbank.num_mel_bins=32",
+      "--logmel"], {"format": "jpeg", "fps": 4.0, "size": 40, "logmel": True}),
+])
+def test_avssl_shards_writes_the_training_configs_settings_by_default(tmp_path: Path, args: list[str], want: dict):
+    """The installed ``avssl-shards``, run outside the repository: defaults from conf (data=shards: data.fps,
+    data.frame_size, data.fbank, data.shards.write), flags and --config overrides on top."""
+    manifest = make_demo_dataset(tmp_path / "demo", num_videos=2, duration=2.0, size=48, fps=12, val_fraction=0.0)
+    proc = _run_shards([str(manifest), "--out", str(tmp_path / "out"), "--splits", "train", *args], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    cfg = json.loads((tmp_path / "out" / "index.json").read_text())["config"]
+    assert {k: cfg[k] for k in want} == want
+    if want.get("logmel") and "--config" in args:
+        assert cfg["fbank"]["num_mel_bins"] == 32
+    inspect = _run_shards(["--inspect", str(tmp_path / "out")], tmp_path)
+    assert inspect.returncode == 0 and f"samples, {want['format']}" in inspect.stdout
+    bad = _run_shards([str(manifest), "--out", str(tmp_path / "bad"), "--config", "data.no_such_key=1"], tmp_path)
+    assert bad.returncode == 1 and "no_such_key" in bad.stderr
+
+
+def test_datamodule_decode_device(shard_dir: Path):
+    """data.shards.decode_device: cpu / auto on a CPU machine decode in the workers; cuda without a CUDA trainer
+    fails naming the setting; a batch left to the main process is decoded by the DataModule's transfer hook."""
+    from hydra import compose, initialize_config_module
+    from omegaconf import OmegaConf
+
+    from avssl.lit.datamodule import AVDataModule
+
+    def module(mode: str) -> AVDataModule:
+        with initialize_config_module("avssl.conf", version_base="1.3"):
+            cfg = compose("train", overrides=[
+                "data=shards", f"data.path={shard_dir / 'out'}", "data.val_split=train", "data.num_workers=0",
+                "data.batch_size=2", "data.num_segments=2", "data.segment_duration=0.25", "data.frame_size=48",
+                f"data.shards.decode_device={mode}"])
+        return AVDataModule(OmegaConf.to_container(cfg.data, resolve=True), seed=0)  # type: ignore[arg-type]
+
+    if not torch.cuda.is_available():
+        for mode in ("cpu", "auto"):
+            dm = module(mode)
+            dm.setup("fit")
+            assert not dm.train_set.defer_video  # type: ignore[union-attr]
+            assert next(iter(dm.train_dataloader()))["video"].shape == (2, 2, 3, 2, 48, 48)
+        with pytest.raises(ValueError, match="decode_device=cuda but training runs on cpu"):
+            module("cuda").setup("fit")
+    dm = module("cpu")
+    dm.setup("fit")
+    worker = next(iter(dm.train_dataloader()))
+    ds = dm.train_set
+    ds.defer_video = True  # type: ignore[union-attr]
+    deferred = next(iter(dm.train_dataloader()))
+    assert "video" not in deferred and len(deferred["video_jpeg"]) == 2
+    done = dm.on_before_batch_transfer(deferred, 0)
+    torch.testing.assert_close(done["video"].cpu(), worker["video"], rtol=0, atol=0.05)
