@@ -159,22 +159,26 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _reader_worker(rank: int, world: int, port: int, out_dir: str, result_dir: str, decode_none: bool) -> None:
+def _reader_worker(rank: int, world: int, port: int, out_dirs: dict[str, str], result_dir: str) -> None:
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     try:
-        index = ShardIndex.load(out_dir, "train")
-        results = {}
-        for even in ("none", "drop", "pad"):
-            ds = ShardedClipDataset(index, clip=ClipSpec(2, 0.25), fps=8, frame_size=48, batch_size=2,
-                                    num_workers=2, even=even, seed=3, decode=decode_none and even == "none")
-            epochs = []
-            for epoch in (0, 1):
-                ds.set_epoch(epoch)
-                # workers forked: a spawned process would otherwise spawn (and re-import torch in) its workers
-                loader = DataLoader(ds, batch_size=2, num_workers=2, multiprocessing_context="fork")
-                batches = [[str(k) for k in b["key"]] for b in loader]
-                epochs.append({"batches": batches, "len": len(loader), "plan": vars(ds.plan())})
-            results[even] = epochs
+        results: dict[str, dict] = {}
+        for fmt, out_dir in out_dirs.items():
+            index = ShardIndex.load(out_dir, "train")
+            for even in ("none", "drop", "pad"):
+                if fmt != CFG.format and even != "none":
+                    continue  # the plan does not depend on the representation
+                # even="none" decodes the samples (in the representation); drop / pad count keys only
+                ds = ShardedClipDataset(index, clip=ClipSpec(2, 0.25), fps=8, frame_size=48, batch_size=2,
+                                        num_workers=2, even=even, seed=3, decode=even == "none")
+                epochs = []
+                for epoch in (0, 1):
+                    ds.set_epoch(epoch)
+                    # workers forked: a spawned process would otherwise spawn (and re-import torch in) its workers
+                    loader = DataLoader(ds, batch_size=2, num_workers=2, multiprocessing_context="fork")
+                    batches = [[str(k) for k in b["key"]] for b in loader]
+                    epochs.append({"batches": batches, "len": len(loader), "plan": vars(ds.plan())})
+                results[f"{fmt}/{even}"] = epochs
         with open(os.path.join(result_dir, f"rank{rank}.json"), "w") as f:
             json.dump(results, f)
         dist.barrier()  # both ranks done before either tears gloo down
@@ -183,28 +187,29 @@ def _reader_worker(rank: int, world: int, port: int, out_dir: str, result_dir: s
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("fmt", VIDEO_FORMATS)
-def test_reader_yields_every_sample_once_across_two_processes_and_two_workers(shard_dir: Path, tmp_path: Path,
-                                                                             fmt: str):
-    """Keys of every batch over 2 ranks x 2 workers; with even="none" the samples are decoded (in the format)."""
-    mp.spawn(_reader_worker, args=(2, _free_port(), str(_format_dir(shard_dir, fmt)), str(tmp_path), True),
-             nprocs=2, join=True)
+def test_reader_yields_every_sample_once_across_two_processes_and_two_workers(shard_dir: Path, tmp_path: Path):
+    """Keys of every batch over 2 ranks x 2 workers, each sample decoded in every representation (even="none"),
+    and the drop / pad accounting (one spawn for all, to keep it fast)."""
+    dirs = {fmt: str(_format_dir(shard_dir, fmt)) for fmt in VIDEO_FORMATS}
+    mp.spawn(_reader_worker, args=(2, _free_port(), dirs, str(tmp_path)), nprocs=2, join=True)
     res = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
     everything = {f"train-{i:09d}" for i in range(15)}
     for epoch in (0, 1):
-        keys = [k for r in res for b in r["none"][epoch]["batches"] for k in b]
-        assert sorted(keys) == sorted(everything)  # exactly once across 2 ranks x 2 workers
-        drop = [[k for b in r["drop"][epoch]["batches"] for k in b] for r in res]
-        plan = res[0]["drop"][epoch]["plan"]
+        for fmt in VIDEO_FORMATS:
+            keys = [k for r in res for b in r[f"{fmt}/none"][epoch]["batches"] for k in b]
+            assert sorted(keys) == sorted(everything), fmt  # exactly once across 2 ranks x 2 workers
+        drop = [[k for b in r[f"{CFG.format}/drop"][epoch]["batches"] for k in b] for r in res]
+        plan = res[0][f"{CFG.format}/drop"][epoch]["plan"]
         assert len(drop[0]) == len(drop[1]) == plan["samples_per_rank"][0]  # ranks even
-        assert all(len(b) == 2 for r in res for b in r["drop"][epoch]["batches"])
+        assert all(len(b) == 2 for r in res for b in r[f"{CFG.format}/drop"][epoch]["batches"])
         assert len(set(drop[0] + drop[1])) == 15 - plan["dropped"]  # no repeats; drops as reported
-        assert [len(r["drop"][epoch]["batches"]) for r in res] == [r["drop"][epoch]["len"] for r in res]
-        pad = [[k for b in r["pad"][epoch]["batches"] for k in b] for r in res]
-        pplan = res[0]["pad"][epoch]["plan"]
+        assert [len(r[f"{CFG.format}/drop"][epoch]["batches"]) for r in res] == \
+            [r[f"{CFG.format}/drop"][epoch]["len"] for r in res]
+        pad = [[k for b in r[f"{CFG.format}/pad"][epoch]["batches"] for k in b] for r in res]
+        pplan = res[0][f"{CFG.format}/pad"][epoch]["plan"]
         assert len(pad[0]) == len(pad[1]) and set(pad[0] + pad[1]) == everything
         assert len(pad[0]) + len(pad[1]) - 15 == pplan["padded"]
-    order = [[k for b in res[0]["none"][e]["batches"] for k in b] for e in (0, 1)]
+    order = [[k for b in res[0][f"{CFG.format}/none"][e]["batches"] for k in b] for e in (0, 1)]
     assert order[0] != order[1]  # shuffled differently each epoch
 
 
@@ -409,3 +414,13 @@ def test_datamodule_decode_device(shard_dir: Path):
     assert "video" not in deferred and len(deferred["video_jpeg"]) == 2
     done = dm.on_before_batch_transfer(deferred, 0)
     torch.testing.assert_close(done["video"].cpu(), worker["video"], rtol=0, atol=0.05)
+
+
+def test_python_writer_defaults_equal_the_config_defaults():
+    """``ShardWriteConfig()`` (the Python API) writes what ``avssl-shards`` writes by default: the values of
+    conf/data/shards.yaml and the data config it extends, so the two cannot drift apart."""
+    from avssl.cli.shards import config_defaults
+
+    conf = config_defaults()
+    py = dataclasses.asdict(ShardWriteConfig())
+    assert {k: py[k] for k in conf if k != "fbank"} == {k: v for k, v in conf.items() if k != "fbank"}
