@@ -305,7 +305,10 @@ class AVDataModule(pl.LightningDataModule):
         if mode == "cuda" and index.config.get("format") != "jpeg":
             raise ValueError(f"data.shards.decode_device=cuda needs jpeg shards; {index.source} holds "
                              f"{index.config.get('format', 'h264 (format version 1)')!r} (use auto or cpu)")
-        return mode == "cuda" or (mode == "auto" and device.type == "cuda" and index.config.get("format") == "jpeg")
+        defer = mode == "cuda" or (mode == "auto" and device.type == "cuda" and index.config.get("format") == "jpeg")
+        log.info("shards: %s frames decoded %s (data.shards.decode_device=%s)", index.config.get("format", "h264"),
+                 f"in the main process on {device}, one batched call per batch" if defer else "in the workers", mode)
+        return defer
 
     def _device(self) -> torch.device:
         trainer = self.trainer
