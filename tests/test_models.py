@@ -427,3 +427,22 @@ def test_conv_stem_errors_and_gradients() -> None:
     enc(inputs(enc, n=3)).square().mean().backward()
     for pname, p in enc.named_parameters():
         assert p.grad is not None and p.grad.abs().sum() > 0, pname
+
+
+@pytest.mark.parametrize("name", ["vit_video_nano", "vit_audio_nano"])
+def test_zero_init_residual_starts_every_block_as_the_identity(name: str) -> None:
+    enc = build(name, zero_init_residual=True, stem_convs=2)
+    x = inputs(enc, n=3)
+    with torch.no_grad():
+        torch.testing.assert_close(enc.forward_tokens(x, norm=False), enc.embed(x))
+    # the branches' first layers get gradients once their outputs have left zero: two SGD steps move everything
+    opt = torch.optim.SGD(enc.parameters(), lr=0.1)
+    before = {k: v.detach().clone() for k, v in enc.named_parameters()}
+    for _ in range(2):
+        opt.zero_grad()
+        enc(x).square().mean().backward()
+        opt.step()
+    for k, v in enc.named_parameters():
+        assert not torch.equal(v, before[k]), f"{name}: {k} never moved"
+    plain = build(name, stem_convs=2)
+    assert set(plain.state_dict()) == set(enc.state_dict())  # an init choice only: same parameters

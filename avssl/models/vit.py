@@ -152,6 +152,7 @@ class ViTEncoder(Encoder):
         dist_token: bool = False,
         prefix_attn_bias: bool = True,
         stem_convs: int = 0,
+        zero_init_residual: bool = False,
     ) -> None:
         super().__init__()
         if dist_token and not class_token:
@@ -211,6 +212,11 @@ class ViTEncoder(Encoder):
         for m in self.stem.modules() if self.stem is not None else ():
             if isinstance(m, (nn.Conv2d, nn.Conv3d)):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        self.zero_init_residual = bool(zero_init_residual)
+        if self.zero_init_residual:  # every block starts as the identity (the residual branches' outputs are 0)
+            for block in self.blocks:
+                nn.init.zeros_(block.attn.proj.weight)
+                nn.init.zeros_(block.mlp.fc2.weight)
         if class_token:
             nn.init.normal_(self.cls_token, std=0.02)
         if dist_token:
@@ -363,6 +369,7 @@ class VideoViT(ViTEncoder):
         class_token: bool = False,
         prefix_attn_bias: bool = True,
         stem_convs: int = 0,
+        zero_init_residual: bool = False,
     ) -> None:
         h, w = _as_tuple(img_size, 2, "img_size")
         ph, pw = _as_tuple(patch_size, 2, "patch_size")
@@ -380,6 +387,7 @@ class VideoViT(ViTEncoder):
             class_token=class_token,
             prefix_attn_bias=prefix_attn_bias,
             stem_convs=stem_convs,
+            zero_init_residual=zero_init_residual,
         )
 
 
@@ -405,6 +413,7 @@ class AudioViT(ViTEncoder):
         dist_token: bool = False,
         patch_stride: int | Sequence[int] | None = None,
         stem_convs: int = 0,
+        zero_init_residual: bool = False,
     ) -> None:
         super().__init__(
             modality="audio",
@@ -420,6 +429,7 @@ class AudioViT(ViTEncoder):
             drop_path=drop_path,
             pos_embed=pos_embed,
             stem_convs=stem_convs,
+            zero_init_residual=zero_init_residual,
         )
 
 
