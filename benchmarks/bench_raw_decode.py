@@ -15,7 +15,9 @@ Media: 640x480 25 fps H.264 (2 s GOP) + AAC 16 kHz recordings made with the test
   ``read_av_window`` (a fresh open per window) and by ``MediaReader.read`` (kept open), each interleaved window
   by window with plain PyAV doing the same work on the same window (the same seeks, frames, swscale resize to
   RGB and audio resampling; a fresh ``av.open`` per window, FFmpeg's default threads, for the first pair; one
-  decoder thread for the second).
+  decoder thread for the second; the third as the second with every picture decoded, ``_pyav.SKIP_UNSHOWN =
+  False``, like for like with plain PyAV; the fourth as the third against a plain PyAV that also reuses one
+  scaler writing planar RGB, so that only avssl's bookkeeping differs).
   Prints the ratios (plain time / avssl time: 1.0 = no overhead), by wall time and by process CPU time.
 - ``decode-size``: ``data.decode_size=auto`` and ``null`` interleaved batch by batch in one process.
 
@@ -148,9 +150,11 @@ def bench_decode_size(args: argparse.Namespace) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------------ read_av_window vs PyAV
-def plain_pyav(container: Any, start: float, size: int) -> tuple[np.ndarray, np.ndarray]:
+def plain_pyav(container: Any, start: float, size: int, reformatter: Any = None) -> tuple[np.ndarray, np.ndarray]:
     """Plain PyAV: seek to the keyframe before the window, decode, keep the frame on screen at each target,
-    swscale each kept frame to ``size`` short side in RGB; audio sought 0.5 s early, resampled, placed by pts."""
+    swscale each kept frame to ``size`` short side in RGB (``frame.reformat(format="rgb24")``, as
+    benchmarks/bench_media.py's floor; with ``reformatter``: one reused scaler writing planar RGB, what avssl does
+    since issue 13); audio sought 0.5 s early, resampled, placed by pts."""
     vs, ast = container.streams.video[0], container.streams.audio[0]
     origin = Fraction(container.start_time or 0, av.time_base)
     targets = start + np.arange(int(WIN * FPS)) / FPS
@@ -168,8 +172,12 @@ def plain_pyav(container: Any, start: float, size: int) -> tuple[np.ndarray, np.
         chosen.append(last)
         k += 1
     h, w = size, int(round(vs.codec_context.width * size / vs.codec_context.height))
-    frames = np.stack([f.reformat(width=w, height=h, format="rgb24", interpolation="BILINEAR").to_ndarray()
-                       for f in chosen])
+    if reformatter is None:
+        frames = np.stack([f.reformat(width=w, height=h, format="rgb24", interpolation="BILINEAR").to_ndarray()
+                           for f in chosen])
+    else:
+        frames = np.stack([reformatter.reformat(f, width=w, height=h, format="gbrp", interpolation="BILINEAR")
+                           .to_ndarray() for f in chosen])
     container.seek(int((max(start - 0.5, 0) + origin) / ast.time_base), stream=ast, backward=True)
     rs = av.AudioResampler(format="fltp", layout="mono", rate=SR)
     buf = np.zeros(int(WIN * SR), np.float32)
@@ -186,6 +194,7 @@ def plain_pyav(container: Any, start: float, size: int) -> tuple[np.ndarray, np.
 
 
 def bench_window(args: argparse.Namespace) -> dict[str, Any]:
+    from avssl.data import _pyav
     from avssl.data.media import MediaReader, read_av_window
 
     torch.set_num_threads(1)
@@ -215,11 +224,25 @@ def bench_window(args: argparse.Namespace) -> dict[str, Any]:
     def plain_open(p: str, s: float) -> None:
         plain_pyav(conts[p], s, args.size)
 
+    rf = av.video.reformatter.VideoReformatter()
+
+    def plain_open_same_scaler(p: str, s: float) -> None:  # the tighter floor: avssl's own conversion
+        plain_pyav(conts[p], s, args.size, rf)
+
     def avssl_open(p: str, s: float) -> None:
         readers[p].read(s, WIN, fps=FPS, size=args.size, sample_rate=SR)
 
+    def avssl_open_decode_all(p: str, s: float) -> None:  # like for like: every picture decoded, as plain PyAV
+        _pyav.SKIP_UNSHOWN = False
+        try:
+            readers[p].read(s, WIN, fps=FPS, size=args.size, sample_rate=SR)
+        finally:
+            _pyav.SKIP_UNSHOWN = True
+
     # interleaved window by window, alternating which goes first; wall and process CPU time
-    for name, pair in (("reopen", (plain_reopen, avssl_reopen)), ("kept_open", (plain_open, avssl_open))):
+    for name, pair in (("reopen", (plain_reopen, avssl_reopen)), ("kept_open", (plain_open, avssl_open)),
+                       ("kept_open_decode_all", (plain_open, avssl_open_decode_all)),
+                       ("tight_floor_decode_all", (plain_open_same_scaler, avssl_open_decode_all))):
         wall, cpu = [0.0, 0.0], [0.0, 0.0]
         for i, (p, s) in enumerate(jobs):
             for which in ((0, 1) if i % 2 == 0 else (1, 0)):

@@ -46,6 +46,7 @@ log = logging.getLogger(__name__)
 
 VIDEO_EXTENSIONS = MEDIA_EXTENSIONS  # the one list (avssl.data.sources); this name is kept as an alias
 _MIN_TRIED = 20  # the bad fraction is judged over at least this many items (or all of them if fewer)
+MAX_PROBE_RESULTS = 4096  # probe results kept per process (a few KB each), most recently used
 
 Mode = Literal["random", "uniform", "center"]
 
@@ -134,7 +135,8 @@ class AVClipDataset(Dataset[dict[str, Any]]):
         self.label_column, self.allow_missing_audio = label_column, allow_missing_audio
         self.max_bad_fraction = max_bad_fraction
         # Open containers kept per process (hour-long files cost ~80 ms to open; docs/benchmarks.md), LRU-bounded;
-        # probe results kept for every file seen, so a file reopened after eviction is not probed again.
+        # probe results kept for the last MAX_PROBE_RESULTS files, so a file reopened after eviction is not probed
+        # again.
         # ``decode_size`` scales the short side inside the decoder (swscale, before RGB), ahead of the video
         # transform: an int, None (full size) or "auto" (``avssl.data.preprocess.decode_size`` of the transform,
         # per file).
@@ -308,7 +310,10 @@ class AVClipDataset(Dataset[dict[str, Any]]):
             self._infos.pop(row.path, None)
             reader.close()
             raise
-        self._infos[row.path] = reader.info
+        self._infos.pop(row.path, None)
+        self._infos[row.path] = reader.info  # most recently used last
+        if len(self._infos) > MAX_PROBE_RESULTS:
+            del self._infos[next(iter(self._infos))]
         if self.max_open_files == 0:
             reader.close()
         return win, v_starts, a_starts
