@@ -3,6 +3,7 @@
     python benchmarks/bench_raw_decode.py folder [--dir DIR] [--batches 24] [--override data.decode_size=null]
     python benchmarks/bench_raw_decode.py window [--dir DIR] [--windows 120] [--size 112]
     python benchmarks/bench_raw_decode.py decode-size [--dir DIR] [--batches 12]
+    python benchmarks/bench_raw_decode.py table --json benchmarks/results/raw_decode.jsonl
 
 Media: 640x480 25 fps H.264 (2 s GOP) + AAC 16 kHz recordings made with the tests' generator
 (``tests/mediagen.py``), 12 files of 12 s (a quarter held out for validation), cached in ``--dir`` (default ``/tmp/avssl_bench_raw``).
@@ -20,6 +21,7 @@ Media: 640x480 25 fps H.264 (2 s GOP) + AAC 16 kHz recordings made with the test
   scaler writing planar RGB, so that only avssl's bookkeeping differs).
   Prints the ratios (plain time / avssl time: 1.0 = no overhead), by wall time and by process CPU time.
 - ``decode-size``: ``data.decode_size=auto`` and ``null`` interleaved batch by batch in one process.
+- ``table``: the Markdown table of docs/decoders.md from the JSON lines saved with ``--json``.
 
 The machine is shared and noisy: compare ratios measured in one process, and give ``uptime``'s load with them.
 Each figure is given by wall time and by this process's CPU time (``time.process_time``), which a loaded machine
@@ -70,7 +72,8 @@ def versions() -> dict[str, Any]:
     return {"avssl_file": os.path.dirname(avssl.__file__), "av": av.__version__,
             "libavcodec": ".".join(map(str, av.library_versions["libavcodec"])), "torch": torch.__version__,
             "python": platform.python_version(), "machine": platform.machine(),
-            "load_avg": [round(x, 2) for x in os.getloadavg()]}
+            "load_avg": [round(x, 2) for x in os.getloadavg()],
+            "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
 
 
 # --------------------------------------------------------------------------------------------- folder clips/s
@@ -260,9 +263,46 @@ def bench_window(args: argparse.Namespace) -> dict[str, Any]:
     return {**out, **versions()}
 
 
+def table(path: str) -> str:
+    """The Markdown table of docs/decoders.md from the saved JSON lines (medians over runs of each code)."""
+    rows = [json.loads(line) for line in open(path) if line.strip()]
+
+    def med(xs: list[float]) -> float:
+        return float(np.median(xs)) if xs else float("nan")
+
+    def who(r: dict[str, Any]) -> str:
+        return "after" if "site-packages" in r["avssl_file"] else "before"
+
+    out = ["| measure | before (main 5e1f92d) | after | after / before |", "| --- | --- | --- | --- |"]
+    for key, label in (("clips_per_s", "`data=folder` clips/s (wall)"),
+                       ("clips_per_cpu_s", "`data=folder` clips per CPU-second")):
+        b = med([r[key] for r in rows if r["mode"] == "folder" and who(r) == "before"])
+        a = med([r[key] for r in rows if r["mode"] == "folder" and who(r) == "after"])
+        out.append(f"| {label} | {b:.1f} | {a:.1f} | {a / b:.2f}x |")
+    for size in sorted({r["size"] for r in rows if r["mode"] == "window"}):
+        for pair, label in (("reopen", "read_av_window / plain PyAV, reopening"),
+                            ("kept_open", "MediaReader.read / plain PyAV, kept open"),
+                            ("tight_floor_decode_all", "MediaReader.read (decode all) / plain PyAV with its scaler")):
+            vals = {w: med([r[pair]["ratio_cpu"] for r in rows if r["mode"] == "window" and r["size"] == size
+                            and who(r) == w]) for w in ("before", "after")}
+            out.append(f"| {label}, {size} px (CPU time ratio) | {vals['before']:.3f} | {vals['after']:.3f} | |")
+    for r in rows:
+        if r["mode"] == "decode-size":
+            c, w = r["clips_per_cpu_s"], r["clips_per_s"]
+            out.append(f"| in one process: decode_size auto / null, clips/s wall (CPU) | {w['null']:.1f} "
+                       f"({c['null']:.1f}) | {w['auto']:.1f} ({c['auto']:.1f}) | {r['auto_over_null']:.2f}x "
+                       f"({r['auto_over_null_cpu']:.2f}x) |")
+    loads = [r["load_avg"][0] for r in rows]
+    dates = sorted(r["date"] for r in rows if "date" in r)
+    when = f", {dates[0]} to {dates[-1]}" if dates else ""
+    out.append(f"\nLoad average (1 min) at the end of the runs: {min(loads):.1f}-{max(loads):.1f} on "
+               f"{os.cpu_count()} cores; {len(rows)} runs{when}.")
+    return "\n".join(out)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("mode", choices=["folder", "window", "decode-size"])
+    ap.add_argument("mode", choices=["folder", "window", "decode-size", "table"])
     ap.add_argument("--dir", default="/tmp/avssl_bench_raw", help="the generated media (made once)")
     ap.add_argument("--batches", type=int, default=24)
     ap.add_argument("--windows", type=int, default=120)
@@ -270,6 +310,9 @@ def main() -> None:
     ap.add_argument("--override", action="append", default=[], help="a config override (repeatable)")
     ap.add_argument("--json", default=None, help="also append the result to this JSON-lines file")
     args = ap.parse_args()
+    if args.mode == "table":
+        print(table(args.json))
+        return
     fn = {"folder": bench_folder, "window": bench_window, "decode-size": bench_decode_size}[args.mode]
     res = fn(args)
     line = json.dumps(res)
