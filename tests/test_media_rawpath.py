@@ -331,3 +331,16 @@ def test_read_av_window_reads_rotated_files_like_media_reader(av_file):
     with media_mod.MediaReader(truth.path) as r:
         b = r.read(0.2, 1.0, fps=8, size=32)
     assert torch.equal(a.frames, b.frames) and a.frames.shape[1:3] == (48, 32)
+
+
+@pytest.mark.parametrize("ext", ["mp4", "mkv"])
+def test_rotation_of_a_container_opened_from_memory(av_file, ext):
+    """A container held in memory (a shard sample) gives its header to the rotation reader as a file object."""
+    import io
+
+    truth = av_file(f"mem_rot.{ext}", rotation=270, vcodec="h264", duration=0.6)
+    data = io.BytesIO(open(truth.path, "rb").read())
+    with av.open(io.BytesIO(data.getvalue())) as c:
+        data.seek(5)
+        info = _pyav.probe_container("<memory>", c, fileobj=data)
+        assert info.video.rotation == 270 and data.tell() == 5

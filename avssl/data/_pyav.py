@@ -14,7 +14,7 @@ from collections import deque
 from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Any
+from typing import Any, BinaryIO
 
 import av
 import numpy as np
@@ -92,12 +92,13 @@ def decoded_rotation(path: str, container: Any, stream: Any) -> int:
     return 0
 
 
-def stream_rotation(path: str, container: Any, stream: Any) -> int:
+def stream_rotation(path: str, container: Any, stream: Any, fileobj: BinaryIO | None = None) -> int:
     """Counter-clockwise display rotation of a video stream, without decoding where the container says it: the
     legacy ``rotate`` tag (clockwise), else the display matrix of an MP4/MOV or Matroska/WebM header
     (``avssl.data._display``), else (other containers, or a header that cannot be followed) the rotation of the
     first decoded frame. A bitstream-level orientation (an H.264/HEVC display-orientation SEI) inside MP4 or
-    Matroska is not looked for: cameras write the container's matrix."""
+    Matroska is not looked for: cameras write the container's matrix. ``fileobj``: the container's bytes as a
+    seekable binary file (for a container opened from memory; its position is restored), else ``path`` is read."""
     tag = stream.metadata.get("rotate")
     if tag is not None:
         try:
@@ -108,8 +109,15 @@ def stream_rotation(path: str, container: Any, stream: Any) -> int:
     names = container.format.name or ""
     if set(names.split(",")) & (_display.MOV_FORMATS | _display.MATROSKA_FORMATS):
         try:
-            with open(path, "rb") as f:
-                deg = _display.header_rotation(f, names, stream.index, stream.id, len(container.streams))
+            if fileobj is not None:
+                pos = fileobj.tell()
+                try:
+                    deg = _display.header_rotation(fileobj, names, stream.index, stream.id, len(container.streams))
+                finally:
+                    fileobj.seek(pos)
+            else:
+                with open(path, "rb") as f:
+                    deg = _display.header_rotation(f, names, stream.index, stream.id, len(container.streams))
         except OSError:
             deg = None
         if deg is not None:
@@ -117,7 +125,7 @@ def stream_rotation(path: str, container: Any, stream: Any) -> int:
     return decoded_rotation(path, container, stream)
 
 
-def probe_container(path: str, container: Any) -> MediaInfo:
+def probe_container(path: str, container: Any, fileobj: BinaryIO | None = None) -> MediaInfo:
     """Facts about an open container (see MediaInfo). Decodes nothing for MP4/MOV and Matroska/WebM files; for
     other containers one video frame (to learn the rotation, see ``stream_rotation``)."""
     origin = container_origin(container)
@@ -152,7 +160,7 @@ def probe_container(path: str, container: Any) -> MediaInfo:
                     avg_fps=float(avg) if avg else (float(base) if base else None),
                     is_vfr=is_vfr,
                     frame_count=s.frames or None,
-                    rotation=stream_rotation(path, container, s),
+                    rotation=stream_rotation(path, container, s, fileobj),
                 )
             )
         elif s.type == "audio":
