@@ -86,7 +86,9 @@ _INHERITED: list[Any] = []  # decoders inherited from a parent process through f
 
 class MediaReader:
     """An open media file for repeated window reads. Opens lazily (per process, so it is safe to create in the
-    main process and use in DataLoader workers) and keeps the container open between reads.
+    main process and use in DataLoader workers) and keeps the container open between reads. Probing decodes
+    nothing for MP4/MOV and Matroska/WebM (the rotation comes from the header); ``info=`` hands over an earlier
+    probe result of the same file, so a reopened file is not probed again.
 
     >>> with MediaReader("clip.mp4") as r:
     ...     w = r.read(1.0, 2.0, fps=8, size=224)
