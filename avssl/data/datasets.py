@@ -29,6 +29,7 @@ from avssl.data.manifest import Manifest, ManifestRow, read_manifest
 from avssl.data.media import MediaReader, probe
 from avssl.data.orient import row_orient
 from avssl.data.preprocess import PreprocessSpec, SegmentCut, audio_window, cut_audio, cut_video
+from avssl.data.preprocess import decode_size as auto_decode_size
 from avssl.data.sampling import (
     ClipSpec,
     audio_offsets,
@@ -38,13 +39,14 @@ from avssl.data.sampling import (
     video_id,
 )
 from avssl.data.sources import MEDIA_EXTENSIONS, find_media
-from avssl.data.transforms import SpecAugment, VideoTransform
-from avssl.data.types import AVWindow
+from avssl.data.transforms import CropParams, SpecAugment, VideoTransform
+from avssl.data.types import AVWindow, MediaInfo
 
 log = logging.getLogger(__name__)
 
 VIDEO_EXTENSIONS = MEDIA_EXTENSIONS  # the one list (avssl.data.sources); this name is kept as an alias
 _MIN_TRIED = 20  # the bad fraction is judged over at least this many items (or all of them if fewer)
+MAX_PROBE_RESULTS = 4096  # probe results kept per process (a few KB each), most recently used
 
 Mode = Literal["random", "uniform", "center"]
 
@@ -72,6 +74,9 @@ class AVClipDataset(Dataset[dict[str, Any]]):
     ``audio_transform`` (e.g. ``SpecAugment``) gets the normalised log-mel [S, 1, F, M]. ``VideoTransform`` and
     ``SpecAugment`` draw from a generator seeded by (seed, epoch, index). Labels index the sorted distinct values
     of ``label_column`` (over all rows given, before the split filter), or ``classes`` when passed.
+    ``decode_size``: the short side frames are scaled to inside the decoder, before RGB (None: full size; an int;
+    ``"auto"``: the smallest size the video transform's resize/crop policy loses nothing at, per file, from
+    ``avssl.data.preprocess.decode_size``; the DataModule passes ``data.decode_size``).
     """
 
     def __init__(
@@ -94,7 +99,7 @@ class AVClipDataset(Dataset[dict[str, Any]]):
         allow_missing_audio: bool = True,
         max_bad_fraction: float = 0.1,
         max_open_files: int = 8,
-        decode_size: int | None = None,
+        decode_size: int | str | None = None,
         modalities: Sequence[str] = ("video", "audio"),
     ) -> None:
         if mode not in ("random", "uniform", "center"):
@@ -105,6 +110,10 @@ class AVClipDataset(Dataset[dict[str, Any]]):
             raise ValueError(f"AVClipDataset: max_bad_fraction must lie in [0, 1], got {max_bad_fraction}")
         if clips_per_row is not None and clips_per_row < 1:
             raise ValueError(f"AVClipDataset: clips_per_row must be >= 1, got {clips_per_row}")
+        if not (decode_size is None or decode_size == "auto"
+                or (isinstance(decode_size, int) and not isinstance(decode_size, bool) and decode_size > 0)):
+            raise ValueError(f"AVClipDataset: decode_size must be 'auto', None or a positive short side, got "
+                             f"{decode_size!r}")
         self.fbank = fbank if fbank is not None else FbankConfig(sample_rate=sample_rate)
         if self.fbank.sample_rate != sample_rate:
             raise ValueError(
@@ -125,10 +134,15 @@ class AVClipDataset(Dataset[dict[str, Any]]):
         self.clips_per_row, self.seed, self.epoch = clips_per_row, seed, 0
         self.label_column, self.allow_missing_audio = label_column, allow_missing_audio
         self.max_bad_fraction = max_bad_fraction
-        # Open containers kept per process (hour-long files cost ~80 ms to open; docs/benchmarks.md), LRU-bounded.
-        # ``decode_size`` resizes the short side while decoding (swscale), before the video transform.
+        # Open containers kept per process (hour-long files cost ~80 ms to open; docs/benchmarks.md), LRU-bounded;
+        # probe results kept for the last MAX_PROBE_RESULTS files, so a file reopened after eviction is not probed
+        # again.
+        # ``decode_size`` scales the short side inside the decoder (swscale, before RGB), ahead of the video
+        # transform: an int, None (full size) or "auto" (``avssl.data.preprocess.decode_size`` of the transform,
+        # per file).
         self.max_open_files, self.decode_size = max(0, max_open_files), decode_size
         self._readers: OrderedDict[str, MediaReader] = OrderedDict()
+        self._infos: dict[str, MediaInfo] = {}
         self.modalities = tuple(m for m in ("video", "audio") if m in modalities)  # only these are decoded
         if not self.modalities or set(modalities) - {"video", "audio"}:
             raise ValueError(f"AVClipDataset: modalities must be a non-empty subset of (video, audio), got "
@@ -233,7 +247,7 @@ class AVClipDataset(Dataset[dict[str, Any]]):
         return torch.Generator().manual_seed(key)
 
     def _reader(self, path: str) -> MediaReader:
-        reader = self._readers.pop(path, None) or MediaReader(path)
+        reader = self._readers.pop(path, None) or MediaReader(path, info=self._infos.get(path))
         if self.max_open_files:
             self._readers[path] = reader  # most recently used last
             while len(self._readers) > self.max_open_files:
@@ -244,6 +258,35 @@ class AVClipDataset(Dataset[dict[str, Any]]):
         state = self.__dict__.copy()
         state["_readers"] = OrderedDict()
         return state
+
+    def _display_hw(self, info: MediaInfo | None, row_index: int) -> tuple[int, int] | None:
+        """(H, W) of this row's full-size pictures as the video transform receives them (displayed, corrected)."""
+        v = info.video if info is not None else None
+        if v is None or not v.width or not v.height:
+            return None
+        h, w = (v.width, v.height) if v.rotation in (90, 270) else (v.height, v.width)
+        return (w, h) if self._orient[row_index].swaps_axes else (h, w)
+
+    def _decode_size(self, reader: MediaReader, row_index: int) -> int | None:
+        """The short side frames of this row are decoded at (``decode_size``, resolved for ``auto``)."""
+        if self.decode_size != "auto":
+            return self.decode_size  # type: ignore[return-value]
+        hw = self._display_hw(reader.info, row_index)
+        return None if hw is None else auto_decode_size(self.video_transform, *hw)
+
+    def _view(self, transform: VideoTransform, frames: torch.Tensor, full_hw: tuple[int, int] | None,
+              gen: torch.Generator) -> CropParams:
+        """The clip's crop/flip, drawn for the full-size picture and mapped onto the decoded one: the same view
+        (within rounding) and the same random draws whatever ``decode_size`` is."""
+        h, w = int(frames.shape[-3]), int(frames.shape[-2])
+        fh, fw = full_hw if full_hw is not None else (h, w)
+        p = transform.sample_params(fh, fw, gen)
+        if (fh, fw) == (h, w):
+            return p
+        sy, sx = h / fh, w / fw
+        ph, pw = min(h, max(1, round(p.height * sy))), min(w, max(1, round(p.width * sx)))
+        top, left = min(round(p.top * sy), h - ph), min(round(p.left * sx), w - pw)
+        return CropParams(top, left, ph, pw, p.flip)
 
     def read_window(self, index: int) -> tuple[AVWindow, list[float], list[float]]:
         """Decode the one window item ``index`` needs; also returns its video and audio segment starts.
@@ -257,14 +300,20 @@ class AVClipDataset(Dataset[dict[str, Any]]):
         w0, wdur = audio_window(self.spec, v_starts, a_starts)
         reader = self._reader(row.path)
         try:
+            size = self._decode_size(reader, row_index) if "video" in self.modalities else None
             win = reader.read(w0, wdur, frame_times=self.spec.frame_targets(v_starts).reshape(-1),
-                              sample_rate=self.sample_rate, mono=True, size=self.decode_size,
+                              sample_rate=self.sample_rate, mono=True, size=size,
                               allow_missing_audio=self.allow_missing_audio, orient=self._orient[row_index],
                               modalities=self.modalities)
         except MediaError:
             self._readers.pop(row.path, None)
+            self._infos.pop(row.path, None)
             reader.close()
             raise
+        self._infos.pop(row.path, None)
+        self._infos[row.path] = reader.info  # most recently used last
+        if len(self._infos) > MAX_PROBE_RESULTS:
+            del self._infos[next(iter(self._infos))]
         if self.max_open_files == 0:
             reader.close()
         return win, v_starts, a_starts
@@ -283,13 +332,16 @@ class AVClipDataset(Dataset[dict[str, Any]]):
         return SegmentCut(frames, frames_valid, wave, mask), v_starts, a_starts
 
     def _load(self, index: int) -> dict[str, Any]:
-        row = self.rows[self._items[index][0]]
+        row_index = self._items[index][0]
+        row = self.rows[row_index]
         cut, v_starts, _ = self.read_clip(index)
         gen = self._generator("view", index)
         sample: dict[str, Any] = {}
         if "video" in self.modalities:
             if isinstance(self.video_transform, VideoTransform):  # one crop/flip shared by all S segments
-                video = self.video_transform(cut.frames, generator=gen)
+                full_hw = self._display_hw(self._infos.get(row.path), row_index)
+                view = self._view(self.video_transform, cut.frames, full_hw, gen)
+                video = self.video_transform(cut.frames, params=view)
             else:
                 video = self.video_transform(cut.frames)
             sample["video"], sample["video_valid"] = video.float(), cut.frames_valid
