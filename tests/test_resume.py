@@ -188,3 +188,15 @@ def test_ckpt_path_auto_picks_the_newest_checkpoint_of_the_output_dir(tmp_path: 
     assert newest_checkpoint(tmp_path) == str(hpc)  # Lightning's pre-emption checkpoint, written later
     os.utime(last, ns=(1, 3 * 10**18))
     assert newest_checkpoint(tmp_path) == str(last)
+
+
+def test_a_checkpoint_older_than_a_data_key_resumes_when_the_key_means_the_old_behaviour():
+    """``data.decode_size`` is newer than some checkpoints: their absent key means full-size decoding (null)."""
+    from avssl.lit.distributed import config_differences
+
+    old = {"fps": 8.0, "num_workers": 2}
+    assert config_differences(old, {**old, "decode_size": None}, "data", added={"decode_size": None}) == []
+    assert config_differences(old, {**old, "decode_size": "auto"}, "data", added={"decode_size": None}) == [
+        "data.decode_size: None in the checkpoint, 'auto' now"]
+    assert config_differences(old, {**old, "decode_size": None}, "data") == [
+        "data.decode_size: '<absent>' in the checkpoint, None now"]

@@ -349,6 +349,11 @@ RESUME_FREE_DATA_KEYS = ("num_workers", "pin_memory", "persistent_workers", "pat
                          "shards.url_template", "shards.decode_device", "shards.write")
 
 
+# data settings added after checkpoints existed, with the value that means what runs did before the key: a
+# checkpoint without the key resumes when the current value is that one
+RESUME_ADDED_DATA_KEYS: dict[str, Any] = {"decode_size": None}
+
+
 def _flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
     if isinstance(obj, Mapping):
         out: dict[str, Any] = {}
@@ -373,9 +378,12 @@ def _plain(x: Any) -> Any:
 
 
 def config_differences(saved: Mapping[str, Any], current: Mapping[str, Any], section: str,
-                       ignore: tuple[str, ...] = ()) -> list[str]:
-    """``section.key: saved -> current`` for every leaf that differs (or exists on one side only)."""
+                       ignore: tuple[str, ...] = (), added: Mapping[str, Any] | None = None) -> list[str]:
+    """``section.key: saved -> current`` for every leaf that differs (or exists on one side only). ``added``: keys
+    newer than some checkpoints, with the value an older checkpoint's absent key stands for."""
     a, b = _flatten(saved), _flatten(current)
+    for key, old in (added or {}).items():
+        a.setdefault(key, old)
     out = []
     for key in sorted(set(a) | set(b)):
         if key in ignore or any(key.startswith(i + ".") for i in ignore):
@@ -404,7 +412,8 @@ def check_resume_config(ckpt: Mapping[str, Any], cfg: Mapping[str, Any], preproc
         if str(key).startswith("ExactResumeCallback") and isinstance(state, Mapping) and "data" in state:
             saved_data = state["data"]
     if saved_data is not None:
-        diffs += config_differences(saved_data, cfg["data"], "data", ignore=RESUME_FREE_DATA_KEYS)
+        diffs += config_differences(saved_data, cfg["data"], "data", ignore=RESUME_FREE_DATA_KEYS,
+                                    added=RESUME_ADDED_DATA_KEYS)
     if diffs:
         raise ValueError(f"ckpt_path={where}: the checkpoint was trained with another config; resuming would "
                          "silently change the run. Settings that differ:\n  " + "\n  ".join(diffs)
