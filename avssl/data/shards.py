@@ -319,7 +319,7 @@ class ShardedClipDataset(IterableDataset[dict[str, Any]]):
                              f"{index.config.get('format', 'h264 (format version 1)')!r}")
         self.defer_video, self.use_logmel = bool(defer_video), bool(use_logmel)
         self._logmel_said: set[str] = set()
-        self._logmel_why: dict[str, str | None] = {}  # stored fbank settings (json) -> why not usable, or None
+        self._logmel_why: dict[tuple[Any, ...], str | None] = {}  # stored fbank settings -> why not usable
         self.batch_size, self.num_workers, self.even = int(batch_size), int(num_workers), even
         self.shuffle, self.shuffle_buffer, self.seed = shuffle, int(shuffle_buffer), int(seed)
         self.label_column = label_column
@@ -502,7 +502,7 @@ class ShardedClipDataset(IterableDataset[dict[str, Any]]):
     def _logmel_usable(self, stored: dict[str, Any]) -> str | None:
         """Why a log-mel stored with fbank settings ``stored`` cannot give this reader's features, or None (the
         answer kept per distinct settings: a shard's samples share them)."""
-        key = json.dumps(stored, sort_keys=True)
+        key = tuple(sorted(stored.items()))  # (plain json values)
         if key not in self._logmel_why:
             why = logmel_matches(stored, self.fbank)
             step = frame_geometry(self.fbank).step if why is None else 0
