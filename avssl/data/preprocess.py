@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,10 +30,10 @@ from torch import Tensor
 
 from avssl.data.features import FbankConfig, log_mel, normalize, num_frames, valid_frames
 from avssl.data.sampling import ClipSpec
-from avssl.data.transforms import IMAGENET_MEAN, IMAGENET_STD, VideoTransform
+from avssl.data.transforms import IMAGENET_MEAN, IMAGENET_STD, SpecAugment, VideoTransform
 
-__all__ = ["EPS", "PreprocessSpec", "Preprocessor", "SegmentCut", "audio_window", "cut_audio", "cut_video",
-           "decode_size", "resample", "select_latest"]
+__all__ = ["EPS", "PreprocessSpec", "Preprocessor", "SegmentCut", "audio_window", "clip_inputs", "cut_audio",
+           "cut_audio_valid", "cut_video", "decode_size", "resample", "select_latest"]
 
 EPS = 1e-6  # seconds: a frame whose time is within EPS after a target still counts as on screen at it
 
@@ -169,12 +169,13 @@ class PreprocessSpec:
         """Segments' samples ``[S, N]`` (and their validity) -> normalised log-mel ``[S, 1, F, M]`` and per-frame
         validity ``[S, F]``; frames without enough real audio are silence (0 after normalisation). ``mel``: the
         segments' raw log-mel ``[S, F, M]`` when already computed (stored in shards), instead of from ``wave``."""
-        spec = normalize(log_mel(wave, self.fbank) if mel is None else mel, self.fbank).unsqueeze(1)
+        spec = normalize(log_mel(wave, self.fbank) if mel is None else mel, self.fbank).float()
         if valid is None:
-            frame_valid = torch.ones(spec.shape[0], spec.shape[2], dtype=torch.bool)
-            return spec.float(), frame_valid
+            return spec.unsqueeze(1), torch.ones(spec.shape[0], spec.shape[1], dtype=torch.bool)
         frame_valid = valid_frames(valid, self.fbank, min_fraction=self.audio_valid_min_fraction)
-        return (spec * frame_valid[:, None, :, None]).float(), frame_valid
+        if not bool(frame_valid.all()):
+            spec.mul_(frame_valid[:, :, None])
+        return spec.unsqueeze(1), frame_valid
 
 
 @dataclass
@@ -186,6 +187,33 @@ class SegmentCut:
     frames_valid: Tensor
     audio: Tensor
     audio_valid: Tensor
+
+
+
+def clip_inputs(spec: PreprocessSpec, cut: SegmentCut, *, video_transform: Callable[[Tensor], Tensor] | None,
+                audio_transform: Callable[[Tensor], Tensor] | None, generator: torch.Generator | None,
+                modalities: Sequence[str] = ("video", "audio"), mel: Tensor | None = None) -> dict[str, Tensor]:
+    """One clip's raw segments -> the model inputs of a sample: ``video`` float32 ``[S, 3, T, h, w]`` and
+    ``video_valid``, ``audio`` (normalised log-mel ``[S, 1, F, M]``, ``mel``: its raw log-mel when stored) and
+    ``audio_valid``, for the ``modalities`` asked for. A ``VideoTransform`` draws one crop/flip for the whole clip
+    from ``generator``, then a ``SpecAugment`` its masks (every dataset draws in this order)."""
+    out: dict[str, Tensor] = {}
+    if "video" in modalities:
+        if isinstance(video_transform, VideoTransform):
+            video = video_transform(cut.frames, generator=generator)
+        elif video_transform is not None:
+            video = video_transform(cut.frames)
+        else:
+            raise ValueError("clip_inputs: the video modality needs a video transform")
+        out["video"], out["video_valid"] = video.float(), cut.frames_valid
+    if "audio" in modalities:
+        feats, audio_valid = spec.audio_features(cut.audio, cut.audio_valid, mel=mel)  # [S, 1, F, M], [S, F]
+        if isinstance(audio_transform, SpecAugment):
+            feats = audio_transform(feats, generator=generator)
+        elif audio_transform is not None:
+            feats = audio_transform(feats)
+        out["audio"], out["audio_valid"] = feats.float(), audio_valid
+    return out
 
 
 def select_latest(times: Tensor, targets: np.ndarray | Tensor) -> tuple[Tensor, Tensor]:
@@ -217,6 +245,20 @@ def cut_video(spec: PreprocessSpec, frames: Tensor, times: Tensor, starts: Seque
     return frames[idx].reshape(s, t, *frames.shape[1:]), on.reshape(s, t)
 
 
+def _audio_spans(spec: PreprocessSpec, length: int, audio_start: float, starts: Sequence[float]
+                 ) -> list[tuple[int, int, int, int]]:
+    """Where segment ``i`` lies in a waveform of ``length`` samples whose sample 0 sits at ``audio_start``: the
+    segment's samples ``[a, b)`` are the waveform's ``[lo, hi)``; ``(i, a, lo, hi)`` for segments it overlaps."""
+    n, base = spec.samples_per_segment, spec.first_sample(audio_start)
+    spans = []
+    for i, s in enumerate(starts):
+        a0 = spec.first_sample(s) - base
+        lo, hi = max(a0, 0), min(a0 + n, length)
+        if hi > lo:
+            spans.append((i, lo - a0, lo, hi))
+    return spans
+
+
 def cut_audio(spec: PreprocessSpec, audio: Tensor, audio_start: float, starts: Sequence[float],
               valid: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """Segments of a waveform whose sample 0 sits at ``audio_start`` on the file clock -> float32 ``[S, N]`` and
@@ -229,17 +271,21 @@ def cut_audio(spec: PreprocessSpec, audio: Tensor, audio_start: float, starts: S
     if audio.ndim != 1:
         raise ValueError(f"cut_audio: expected a waveform [L] or [C, L], got {tuple(audio.shape)}")
     n = spec.samples_per_segment
-    base = spec.first_sample(audio_start)
-    ok = torch.ones(audio.shape[0], dtype=torch.bool) if valid is None else torch.as_tensor(valid, dtype=torch.bool)
     wave = torch.zeros(len(starts), n, dtype=torch.float32)
-    mask = torch.zeros(len(starts), n, dtype=torch.bool)
-    for i, s in enumerate(starts):
-        a0 = spec.first_sample(s) - base
-        lo, hi = max(a0, 0), min(a0 + n, audio.shape[0])
-        if hi > lo:
-            wave[i, lo - a0 : hi - a0] = audio[lo:hi].float()
-            mask[i, lo - a0 : hi - a0] = ok[lo:hi]
-    return wave, mask
+    for i, a, lo, hi in _audio_spans(spec, audio.shape[0], audio_start, starts):
+        wave[i, a : a + hi - lo] = audio[lo:hi]
+    return wave, cut_audio_valid(spec, audio.shape[0], audio_start, starts, valid)
+
+
+def cut_audio_valid(spec: PreprocessSpec, length: int, audio_start: float, starts: Sequence[float],
+                    valid: Tensor | None = None) -> Tensor:
+    """Only the validity ``[S, N]`` that :func:`cut_audio` cuts from a waveform of ``length`` samples (``valid``
+    its per-sample mask, default all real): for features computed already (a shard's stored log-mel)."""
+    ok = None if valid is None else torch.as_tensor(valid, dtype=torch.bool)
+    mask = torch.zeros(len(starts), spec.samples_per_segment, dtype=torch.bool)
+    for i, a, lo, hi in _audio_spans(spec, length, audio_start, starts):
+        mask[i, a : a + hi - lo] = True if ok is None else ok[lo:hi]
+    return mask
 
 
 def audio_window(spec: PreprocessSpec, video_starts: Sequence[float],

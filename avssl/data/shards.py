@@ -57,7 +57,9 @@ from avssl.data.preprocess import (
     PreprocessSpec,
     SegmentCut,
     audio_window,
+    clip_inputs,
     cut_audio,
+    cut_audio_valid,
     cut_video,
     select_latest,
 )
@@ -74,7 +76,7 @@ from avssl.data.shard_formats import (
     logmel_matches,
     runs_to_mask,
 )
-from avssl.data.transforms import CropParams, SpecAugment, VideoTransform
+from avssl.data.transforms import CropParams, VideoTransform
 
 log = logging.getLogger(__name__)
 
@@ -317,6 +319,7 @@ class ShardedClipDataset(IterableDataset[dict[str, Any]]):
                              f"{index.config.get('format', 'h264 (format version 1)')!r}")
         self.defer_video, self.use_logmel = bool(defer_video), bool(use_logmel)
         self._logmel_said: set[str] = set()
+        self._logmel_why: dict[tuple[Any, ...], str | None] = {}  # stored fbank settings -> why not usable
         self.batch_size, self.num_workers, self.even = int(batch_size), int(num_workers), even
         self.shuffle, self.shuffle_buffer, self.seed = shuffle, int(shuffle_buffer), int(seed)
         self.label_column = label_column
@@ -469,17 +472,13 @@ class ShardedClipDataset(IterableDataset[dict[str, Any]]):
         md, ad = meta.get("logmel"), meta.get("audio")
         if not self.use_logmel or not md or not ad or LOGMEL_MEMBER not in raw:
             return None
-        why = logmel_matches(md["fbank"], self.fbank)
-        step = frame_geometry(self.fbank).step if why is None else 0
-        if why is None and self.clip.audio_jitter == 0 and (
-                round(self.clip.segment_stride * self.fbank.sample_rate) % step):
-            why = (f"the segment stride {self.clip.segment_stride:g} s is not a whole number of fbank frame "
-                   f"shifts ({step} samples)")
+        why = self._logmel_usable(md["fbank"])
         if why is not None:
             if why not in self._logmel_said:
                 self._logmel_said.add(why)
                 log.info("shards: computing log-mel from the audio, not using the stored one: %s", why)
             return None
+        step = frame_geometry(self.fbank).step
         sr, base = self.fbank.sample_rate, round(float(ad["start"]) * self.fbank.sample_rate)
         lo, hi = float(meta["start"]), float(meta["end"])
         video, audio = self.clip_times(meta, cycle)
@@ -499,6 +498,20 @@ class ShardedClipDataset(IterableDataset[dict[str, Any]]):
         if min(first) < 0 or max(first) + self.spec.audio_frames_per_segment > int(md["frames"]):
             return None  # (a jittered segment reaching past the stored audio)
         return video, audio, first
+
+    def _logmel_usable(self, stored: dict[str, Any]) -> str | None:
+        """Why a log-mel stored with fbank settings ``stored`` cannot give this reader's features, or None (the
+        answer kept per distinct settings: a shard's samples share them)."""
+        key = tuple(sorted(stored.items()))  # (plain json values)
+        if key not in self._logmel_why:
+            why = logmel_matches(stored, self.fbank)
+            step = frame_geometry(self.fbank).step if why is None else 0
+            if why is None and self.clip.audio_jitter == 0 and (
+                    round(self.clip.segment_stride * self.fbank.sample_rate) % step):
+                why = (f"the segment stride {self.clip.segment_stride:g} s is not a whole number of fbank frame "
+                       f"shifts ({step} samples)")
+            self._logmel_why[key] = why
+        return self._logmel_why[key]
 
     def _decode(self, raw: dict[str, Any]) -> dict[str, Any]:
         """One raw shard sample -> the clip dict (see the class docstring). Raises MediaError (counted and
@@ -544,16 +557,18 @@ class ShardedClipDataset(IterableDataset[dict[str, Any]]):
         n_samples = int(ad["num_samples"]) if ad else 0
         a0 = float(ad["start"]) if ad else t0
         valid = runs_to_mask(ad["valid"], n_samples) if ad else torch.zeros(0, dtype=torch.bool)
-        if plan is not None:
-            wave = torch.zeros(n_samples)  # only the validity is cut: the features are stored
-        elif ad:
-            data = raw.get(AUDIO_MEMBER.get(ad["codec"], ""))
-            if data is None:
-                raise FormatError(f"no {ad['codec']!r} audio member")
-            wave = torch.from_numpy(decode_audio(data, ad["codec"], n_samples))
+        if plan is not None:  # only the validity is cut: the features are stored
+            seg_wave = torch.zeros(0)
+            seg_valid = cut_audio_valid(self.spec, n_samples, a0, a_starts, valid)
         else:
-            wave = torch.zeros(0)
-        seg_wave, seg_valid = cut_audio(self.spec, wave, a0, a_starts, valid)
+            if ad:
+                data = raw.get(AUDIO_MEMBER.get(ad["codec"], ""))
+                if data is None:
+                    raise FormatError(f"no {ad['codec']!r} audio member")
+                wave = torch.from_numpy(decode_audio(data, ad["codec"], n_samples))
+            else:
+                wave = torch.zeros(0)
+            seg_wave, seg_valid = cut_audio(self.spec, wave, a0, a_starts, valid)
         mel = None
         if plan is not None:
             md = meta["logmel"]
@@ -619,26 +634,19 @@ class ShardedClipDataset(IterableDataset[dict[str, Any]]):
         """Transforms, features and the sample dict, exactly as ``AVClipDataset._load`` makes them."""
         seed, epoch = self._sample_key(meta, cycle)
         gen = torch.Generator().manual_seed(int(hash_uniform("view", seed, epoch, 0) * 2.0**53))
-        sample: dict[str, Any] = {}
         tf = self.video_transform
-        if deferred is not None:
+        if deferred is None:
+            sample: dict[str, Any] = clip_inputs(self.spec, cut, video_transform=tf,
+                                                 audio_transform=self.audio_transform, generator=gen, mel=mel)
+        else:
             assert isinstance(tf, VideoTransform)
             jpegs, pos, h, w = deferred
             p = tf.sample_params(h, w, gen)  # the draw VideoTransform makes for a whole clip
-            sample["video_jpeg"] = jpegs
-            sample["video_pos"] = pos
-            sample["video_crop"] = torch.tensor([p.top, p.left, p.height, p.width, int(p.flip)], dtype=torch.int64)
-        elif isinstance(tf, VideoTransform):  # one crop/flip shared by all S segments
-            sample["video"] = tf(cut.frames, generator=gen).float()
-        else:
-            sample["video"] = tf(cut.frames).float()
-        sample["video_valid"] = cut.frames_valid
-        spec, audio_valid = self.spec.audio_features(cut.audio, cut.audio_valid, mel=mel)
-        if isinstance(self.audio_transform, SpecAugment):
-            spec = self.audio_transform(spec, generator=gen)
-        elif self.audio_transform is not None:
-            spec = self.audio_transform(spec)
-        sample["audio"], sample["audio_valid"] = spec.float(), audio_valid
+            sample = {"video_jpeg": jpegs, "video_pos": pos,
+                      "video_crop": torch.tensor([p.top, p.left, p.height, p.width, int(p.flip)], dtype=torch.int64),
+                      "video_valid": cut.frames_valid,
+                      **clip_inputs(self.spec, cut, video_transform=None, audio_transform=self.audio_transform,
+                                    generator=gen, modalities=("audio",), mel=mel)}
         label = -1
         if self.label_column:
             label = self._class_index.get(str(meta.get("meta", {}).get(self.label_column) or ""), -1)
@@ -689,11 +697,11 @@ class ShardedClipDataset(IterableDataset[dict[str, Any]]):
 
 def clip_frames(images: Sequence[torch.Tensor], pos: torch.Tensor) -> torch.Tensor:
     """Decoded RGB images ``[3, H, W]`` and a clip's frame map ``pos`` ``[S, T]`` (indices into ``images``) ->
-    uint8 ``[S, T, H, W, 3]`` (a view of one contiguous ``[S, T, 3, H, W]`` copy, the layout the transform
-    resizes fastest), on the images' device."""
+    contiguous uint8 ``[S, T, H, W, 3]`` (the transform's layout), on the images' device. ``decode_jpeg`` hands
+    out ``[3, H, W]`` views of interleaved ``[H, W, 3]`` pixels on the CPU, so this is one plain copy of each."""
     s, t = pos.shape
-    flat = torch.stack([images[int(i)] for i in pos.reshape(-1).tolist()])
-    return flat.view(s, t, *flat.shape[1:]).permute(0, 1, 3, 4, 2)
+    flat = torch.stack([images[int(i)].permute(1, 2, 0) for i in pos.reshape(-1).tolist()])
+    return flat.view(s, t, *flat.shape[1:])
 
 
 def _version(meta: dict[str, Any]) -> int:

@@ -79,6 +79,10 @@ class VideoTransform:
         self.mean = tuple(float(m) for m in mean)
         self.std = tuple(float(s) for s in std)
         self.share_params = share_params
+        self._affines: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def __getstate__(self) -> dict[str, object]:  # the cached constants (maybe on a GPU) stay in this process
+        return {**self.__dict__, "_affines": {}}
 
     def __repr__(self) -> str:
         return (
@@ -124,22 +128,33 @@ class VideoTransform:
         return CropParams((height - h) // 2, (width - w) // 2, h, w, False)
 
     def _apply(self, frames: torch.Tensor, p: CropParams) -> torch.Tensor:
-        x = frames.permute(0, 3, 1, 2)  # [T, 3, H, W]: v2 treats T as a batch, one box for all frames
-        x = TF.resized_crop(
-            x,
-            p.top,
-            p.left,
-            p.height,
-            p.width,
-            list(self.size),
-            interpolation=InterpolationMode.BILINEAR,
-            antialias=True,
-        )
+        """uint8 ``[S, T, H, W, 3]`` -> float32 ``[S, 3, T, h, w]`` with one box for every frame: the crop is a view;
+        a box of another size than the output is resized once for all S x T frames (channels-last, torchvision's
+        native uint8 kernel), none at all when it already has the output size; the flip is on uint8; then one pass
+        to float with the normalisation folded into a scale and a shift."""
+        s, t = int(frames.shape[0]), int(frames.shape[1])
+        x = frames[:, :, p.top : p.top + p.height, p.left : p.left + p.width]
+        if (p.height, p.width) != self.size:
+            y = x.reshape(s * t, p.height, p.width, 3).permute(0, 3, 1, 2)  # [N, 3, h, w], channels-last
+            y = TF.resize(y, list(self.size), interpolation=InterpolationMode.BILINEAR, antialias=True)
+            x = y.permute(0, 2, 3, 1).reshape(s, t, *self.size, 3)
         if p.flip:
-            x = TF.horizontal_flip(x)
-        x = TF.to_dtype(x, torch.float32, scale=True)
-        x = TF.normalize(x, list(self.mean), list(self.std))
-        return x.permute(1, 0, 2, 3).contiguous()  # [3, T, h, w]
+            x = x.flip(-2)
+        scale, shift = self._affine(x.device)
+        xv = x.permute(0, 4, 1, 2, 3)  # [S, 3, T, h, w], a view
+        out = torch.empty(xv.shape, dtype=torch.float32, device=x.device)
+        torch.mul(xv, scale, out=out)
+        return out.add_(shift)
+
+    def _affine(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(x / 255 - mean) / std`` as ``x * scale + shift``, per channel, shaped ``[1, 3, 1, 1, 1]``."""
+        key = str(device)
+        if key not in self._affines:
+            scale = [1.0 / (255.0 * sd) for sd in self.std]
+            shift = [-m / sd for m, sd in zip(self.mean, self.std)]
+            self._affines[key] = (torch.tensor(scale, dtype=torch.float32, device=device).view(1, 3, 1, 1, 1),
+                                  torch.tensor(shift, dtype=torch.float32, device=device).view(1, 3, 1, 1, 1))
+        return self._affines[key]
 
     def __call__(
         self,
@@ -159,11 +174,13 @@ class VideoTransform:
         if params is not None and (params.top + params.height > height or params.left + params.width > width):
             raise ValueError(f"VideoTransform: crop {params} does not fit frames of {height}x{width}")
         if frames.dim() == 4:
-            return self._apply(frames, params or self.sample_params(height, width, generator))
+            return self._apply(frames[None], params or self.sample_params(height, width, generator))[0]
         if params is None and self.share_params:
             params = self.sample_params(height, width, generator)
-        outs = [self._apply(seg, params or self.sample_params(height, width, generator)) for seg in frames]
-        return torch.stack(outs)
+        if params is not None:
+            return self._apply(frames, params)
+        return torch.cat([self._apply(frames[i : i + 1], self.sample_params(height, width, generator))
+                          for i in range(frames.shape[0])])
 
 
 def denormalize_video(
