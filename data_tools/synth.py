@@ -30,7 +30,7 @@ import json
 import os
 import tempfile
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from fractions import Fraction
 from pathlib import Path
 from typing import cast
@@ -134,7 +134,6 @@ class Scene:
     flicker: tuple[float, float]  # amplitude, frequency (Hz)
     tint: tuple[float, float, float]
     texture_seed: int
-    extra: dict[str, object] = field(default_factory=dict)
 
 
 def _partials(family: str, rng: np.random.Generator) -> tuple[float, ...]:
@@ -337,10 +336,10 @@ def render_video(scene: Scene, fps: int, width: int, height: int) -> np.ndarray:
                 tau = np.array([t - ev.onset])
                 env = float(envelope(ev, tau, VISUAL_RELEASE)[0])
                 rise = float(pitch(ev, tau)[0])
-            r = unit * (0.06 + 0.07 * env)
-            cx, cy = src.x * width, (src.y - 0.12 * rise) * height
+            r = unit * (0.07 + 0.09 * env)
+            cx, cy = src.x * width, (src.y - 0.25 * rise) * height
             m = _shape_mask(shape, xx - cx, yy - cy, r)
-            img[m] = np.asarray(src.rgb) * (0.2 + 0.8 * env)
+            img[m] = np.asarray(src.rgb) * (0.15 + 0.85 * env)
         amp, hz = scene.flicker
         img = img * (1.0 + amp * np.sin(2 * np.pi * hz * t))
         frames[k] = np.clip(img * 255.0 + 0.5, 0, 255).astype(np.uint8)
