@@ -51,6 +51,23 @@ def test_folder_split_is_keyed_by_the_relative_path(tree: Path, tmp_path: Path):
     assert set(split.values()) == {"train", "val"}
 
 
+def test_folder_split_of_symlinked_recordings(tree: Path, tmp_path: Path):
+    """Recordings linked into the dataset folder from elsewhere are split by their name in the folder (resolving
+    the link made the relative path fail: 'is not in the subpath')."""
+    store, data = tmp_path / "store", tmp_path / "data"
+    shutil.copytree(tree, store)
+    for p in sources.find_media(store):
+        link = data / p.relative_to(store)
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(p)
+    rows = sources.source_rows("folder", data, {"val_fraction": 0.5, "seed": 3}).rows
+    assert all(Path(r.path).is_symlink() for r in rows) and len(rows) == 6
+    linked = {Path(r.path).relative_to(data).as_posix(): r.split for r in rows}
+    stored = {Path(r.path).relative_to(store).as_posix(): r.split
+              for r in sources.source_rows("folder", store, {"val_fraction": 0.5, "seed": 3}).rows}
+    assert linked == stored and set(linked.values()) == {"train", "val"}
+
+
 def test_a_registered_source_reaches_evaluation(tree: Path):
     @sources.register_source("test_listing")
     def _listing(path, options):  # noqa: ANN001, ANN202 - a user's source: a text file of clip paths

@@ -135,14 +135,19 @@ def _manifest(path: str | None, options: Mapping[str, Any]) -> SourceRows:
 def folder_split(rows: list[ManifestRow], root: str | os.PathLike[str], val_fraction: float,
                  seed: int) -> list[ManifestRow]:
     """A seeded ``val_fraction`` of the files go to ``val``, keyed by the path relative to ``root`` (so moving
-    or copying the dataset folder keeps the split)."""
+    or copying the dataset folder keeps the split). The path is taken as found under ``root``, not resolved: a
+    file that is a symbolic link to a recording stored elsewhere is keyed by its name in the folder."""
     from avssl.data.sampling import hash_uniform
 
     if not 0.0 < val_fraction < 1.0:
         raise ValueError(f"data.val_fraction must lie in (0, 1) for a folder source, got {val_fraction}")
+    base = os.path.abspath(root)
     out = []
     for r in rows:
-        rel = Path(r.path).resolve().relative_to(Path(root).resolve()).as_posix()
+        rel = os.path.relpath(os.path.abspath(r.path), base)
+        if rel == os.pardir or rel.startswith(os.pardir + os.sep):
+            raise ValueError(f"{r.path}: not inside the folder {root}")
+        rel = Path(rel).as_posix()
         val = hash_uniform("split", seed, rel) < val_fraction
         out.append(dataclasses.replace(r, split="val" if val else "train"))
     return out
