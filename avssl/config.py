@@ -48,12 +48,30 @@ class AugmentConfig:
 
 
 @dataclass
+class ShardWriteSettings:
+    """What ``avssl-shards`` writes by default (avssl/data_tools/shards.py ``ShardWriteConfig``)."""
+
+    format: str = "jpeg"  # jpeg | h264 | h264_intra
+    audio: str = "pcm"  # pcm | flac
+    jpeg_quality: int = 90
+    gop: int = 8
+    crf: int = 23
+    logmel: bool = False
+    samples_per_shard: int = 64
+    max_segment_duration: Optional[float] = 10.0
+    min_segment_duration: float = 1.0
+
+
+@dataclass
 class ShardsConfig:
     """data.source=shards: WebDataset shards written by ``avssl-shards`` (avssl/data/shards.py)."""
 
     url_template: Optional[str] = None  # e.g. "pipe:aws s3 cp s3://bucket/shards/{name} -"; None: next to the index
     even: str = "drop"  # keep ranks even: drop | pad | none (none: exactly once, ranks may differ)
     shuffle_buffer: int = 256  # samples in each worker's shuffle buffer
+    decode_device: str = "auto"  # JPEG frames: auto | cpu (in the workers) | cuda (batched, in the main process)
+    use_logmel: bool = True  # use a stored log-mel when its settings equal data.fbank
+    write: ShardWriteSettings = field(default_factory=ShardWriteSettings)  # avssl-shards defaults
 
 
 @dataclass

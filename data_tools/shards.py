@@ -3,8 +3,8 @@ The format and the reader are in :mod:`avssl.data.shards`, which documents the l
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
-import io
 import json
 import logging
 import math
@@ -13,19 +13,30 @@ import tempfile
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
-from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
-import av
 import numpy as np
 
 from avssl.data.atomic import write_json_atomic
-from avssl.data.encoding import add_h264_stream
 from avssl.data.errors import MediaError
+from avssl.data.features import FbankConfig, frame_geometry
 from avssl.data.manifest import ManifestRow, read_manifest
 from avssl.data.media import MediaReader
 from avssl.data.orient import ORIENT_COLUMN, row_orient
+from avssl.data.shard_formats import (
+    AUDIO_CODECS,
+    AUDIO_MEMBER,
+    LOGMEL_MEMBER,
+    VIDEO_FORMATS,
+    VIDEO_MEMBER,
+    compute_logmel,
+    encode_audio,
+    encode_frames,
+    logmel_settings,
+    quantize_audio,
+    runs,
+)
 from avssl.data.shards import INDEX_NAME, SHARD_FORMAT_VERSION, ShardError
 
 log = logging.getLogger("avssl.data.shards")
@@ -33,25 +44,47 @@ log = logging.getLogger("avssl.data.shards")
 
 @dataclass(frozen=True)
 class ShardWriteConfig:
-    """How segments are re-encoded and grouped into shards."""
+    """How segments are re-encoded and grouped into shards (representations: ``avssl.data.shard_formats``)."""
 
     samples_per_shard: int = 64
     max_segment_duration: float | None = 10.0  # longer manifest rows are cut into pieces; None: one sample per row
     min_segment_duration: float = 1.0  # shorter rows / leftover pieces are left out
-    size: int = 128  # short side in pixels (rounded to even sizes for yuv420p)
-    fps: float = 16.0
-    gop: int = 8  # keyframe interval in frames
+    size: int = 112  # short side in pixels (rounded to even sizes for yuv420p)
+    fps: float = 8.0
+    gop: int = 8  # keyframe interval in frames (format h264)
     crf: int = 23
     sample_rate: int = 16000
-    audio_bitrate: int = 48000
+    audio_bitrate: int = 48000  # (format version 1 only: AAC)
     splits: tuple[str, ...] = ("train", "val")
     allow_missing_audio: bool = True
+    format: str = "jpeg"  # h264 | h264_intra | jpeg (avssl.data.shard_formats.VIDEO_FORMATS)
+    audio: str = "pcm"  # pcm | flac: int16 mono at sample_rate
+    jpeg_quality: int = 90
+    logmel: bool = False  # also store the raw log-mel of each sample's audio (computed with ``fbank``)
+    fbank: dict[str, Any] | None = None  # FbankConfig fields of the stored log-mel (sample_rate is ours)
 
     def __post_init__(self) -> None:
         if self.samples_per_shard < 1 or self.size < 8 or not self.fps > 0 or self.gop < 1 or self.sample_rate < 1:
             raise ValueError(f"ShardWriteConfig: bad settings {self}")
         if self.max_segment_duration is not None and self.max_segment_duration < self.min_segment_duration:
             raise ValueError("ShardWriteConfig: max_segment_duration must be >= min_segment_duration")
+        if self.format not in VIDEO_FORMATS:
+            raise ValueError(f"ShardWriteConfig: format must be one of {VIDEO_FORMATS}, got {self.format!r}")
+        if self.audio not in AUDIO_CODECS:
+            raise ValueError(f"ShardWriteConfig: audio must be one of {AUDIO_CODECS}, got {self.audio!r}")
+        if not 1 <= self.jpeg_quality <= 100:
+            raise ValueError(f"ShardWriteConfig: jpeg_quality must lie in [1, 100], got {self.jpeg_quality}")
+        self.logmel_fbank()  # bad fbank settings fail here
+
+    def logmel_fbank(self) -> FbankConfig:
+        """The fbank settings of the stored log-mel (``fbank`` with this config's sample rate)."""
+        fields = {f.name for f in dataclasses.fields(FbankConfig)}
+        given = dict(self.fbank or {})
+        unknown = sorted(set(given) - fields)
+        if unknown:
+            raise ValueError(f"ShardWriteConfig.fbank: unknown key(s) {unknown}; FbankConfig fields: {sorted(fields)}")
+        given["sample_rate"] = self.sample_rate
+        return FbankConfig(**given)
 
 
 @dataclass(frozen=True)
@@ -90,8 +123,20 @@ def _even(x: float) -> int:
     return max(2, int(round(x / 2)) * 2)
 
 
-def encode_segment(reader: MediaReader, job: SegmentJob, cfg: ShardWriteConfig) -> tuple[bytes, dict[str, Any]]:
-    """Decode ``job``'s window and re-encode it as a compact MP4; returns (bytes, metadata). Raises MediaError."""
+FRAME_TIME_TOLERANCE = 1e-3  # s: slot k holds the frame on screen just after start + k / fps (Matroska rounds
+# frame times to whole milliseconds, so a frame due exactly on the grid may carry a time up to 0.5 ms after it)
+
+
+def _aligned_start(t: float, sample_rate: int) -> float:
+    """``t`` moved to the nearest instant of the file's sample grid, so stored audio sample ``i`` is file sample
+    ``round(t * sr) + i`` exactly (the reader cuts audio by file sample index)."""
+    return round(t * sample_rate) / sample_rate
+
+
+def encode_segment(reader: MediaReader, job: SegmentJob, cfg: ShardWriteConfig
+                   ) -> tuple[dict[str, bytes], dict[str, Any]]:
+    """Decode ``job``'s window and store it in ``cfg.format`` / ``cfg.audio`` (format version 2); returns the
+    sample's members (extension -> bytes, json included) and its metadata. Raises MediaError."""
     info = reader.info
     v = info.video
     if v is None or not v.width or not v.height:
@@ -101,49 +146,54 @@ def encode_segment(reader: MediaReader, job: SegmentJob, cfg: ShardWriteConfig) 
     if fix.swaps_axes:
         disp_w, disp_h = disp_h, disp_w
     scale = cfg.size / min(disp_w, disp_h)
-    out_w, out_h = _even(disp_w * scale), _even(disp_h * scale)
-    dur = job.end - job.start
-    win = reader.read(job.start, dur, fps=cfg.fps, sample_rate=cfg.sample_rate, mono=True, size=(out_h, out_w),
+    if cfg.format == "jpeg":  # any size
+        out_w, out_h = max(1, round(disp_w * scale)), max(1, round(disp_h * scale))
+    else:  # yuv420p H.264: even sizes
+        out_w, out_h = _even(disp_w * scale), _even(disp_h * scale)
+    start = _aligned_start(job.start, cfg.sample_rate)
+    dur = job.end - start
+    slots_n = max(1, round(dur * cfg.fps))
+    grid = start + np.arange(slots_n, dtype=np.float64) / cfg.fps + FRAME_TIME_TOLERANCE
+    win = reader.read(start, dur, frame_times=grid, sample_rate=cfg.sample_rate, mono=True, size=(out_h, out_w),
                       allow_missing_audio=cfg.allow_missing_audio, orient=fix)
     fvalid = win.frames_valid.numpy()
     avalid = win.audio_valid.numpy()
+    slots = np.flatnonzero(fvalid)  # frames the source does not show are left out (read back as invalid)
+    if len(slots) == 0:
+        raise MediaError(job.path, f"no video frame in [{start:.3f}, {job.end:.3f}) s")
+    data, vdesc = encode_frames(win.frames.numpy()[slots], cfg.format, cfg.fps, gop=cfg.gop, crf=cfg.crf,
+                                jpeg_quality=cfg.jpeg_quality)
+    members = {VIDEO_MEMBER[cfg.format]: data}
     has_audio = info.has_audio and bool(avalid.any())
-    buf = io.BytesIO()
-    fps = Fraction(cfg.fps).limit_denominator(1001)
-    with av.open(buf, mode="w", format="mp4") as c:
-        vs = add_h264_stream(c, fps=fps, width=out_w, height=out_h, gop=cfg.gop, crf=cfg.crf)
-        aus = None
-        if has_audio:
-            aus = c.add_stream("aac", rate=cfg.sample_rate, layout="mono")
-            aus.bit_rate = cfg.audio_bitrate
-        frames = win.frames.numpy()
-        for k in np.flatnonzero(fvalid):  # frames the source does not show are left out (read back as invalid)
-            vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(frames[k]), format="rgb24")
-            vf.pts, vf.time_base = int(k), 1 / fps
-            for pkt in vs.encode(vf):
-                c.mux(pkt)
-        for pkt in vs.encode():
-            c.mux(pkt)
-        if aus is not None:
-            idx = np.flatnonzero(avalid)
-            lo, hi = int(idx[0]), int(idx[-1]) + 1  # covered span; interior gaps are encoded as silence
-            audio = win.audio.numpy().astype(np.float32)[lo:hi]
-            for a in range(0, len(audio), 1024):
-                af = av.AudioFrame.from_ndarray(audio[None, a : a + 1024].copy(), format="flt", layout="mono")
-                af.sample_rate, af.pts, af.time_base = cfg.sample_rate, lo + a, Fraction(1, cfg.sample_rate)
-                for pkt in aus.encode(af):
-                    c.mux(pkt)
-            for pkt in aus.encode():
-                c.mux(pkt)
+    adesc: dict[str, Any] | None = None
+    mdesc: dict[str, Any] | None = None
+    if has_audio:
+        pcm = quantize_audio(win.audio.numpy() * avalid)  # uncovered samples are silence (and invalid)
+        members[AUDIO_MEMBER[cfg.audio]] = encode_audio(pcm, cfg.audio, cfg.sample_rate)
+        adesc = {"codec": cfg.audio, "start": start, "num_samples": len(pcm), "valid": runs(avalid)}
+        fb = cfg.logmel_fbank()
+        if cfg.logmel and len(pcm) >= num_samples_for_frames(1, fb):
+            mel = compute_logmel(pcm.astype(np.float32) / 32768.0, fb)
+            members[LOGMEL_MEMBER] = np.ascontiguousarray(mel, dtype="<f4").tobytes()
+            mdesc = {"frames": int(mel.shape[0]), "mels": int(mel.shape[1]), "fbank": logmel_settings(fb)}
+    vdesc.update(slots=int(len(fvalid)), index=[int(k) for k in slots], width=out_w, height=out_h)
     meta = {
-        "key": job.key, "ordinal": job.ordinal, "split": job.split, "source": job.path, "start": job.start,
-        "end": job.end, "duration": dur, "fps": float(cfg.fps), "sample_rate": cfg.sample_rate,
-        "width": out_w, "height": out_h, "has_audio": has_audio,
+        "version": SHARD_FORMAT_VERSION, "key": job.key, "ordinal": job.ordinal, "split": job.split,
+        "source": job.path, "start": start, "end": job.end, "duration": dur, "fps": float(cfg.fps),
+        "sample_rate": cfg.sample_rate, "width": out_w, "height": out_h, "has_audio": has_audio,
         "video_valid_fraction": float(fvalid.mean()) if len(fvalid) else 0.0,
         "audio_valid_fraction": float(avalid.mean()) if len(avalid) else 0.0,
         "meta": {k: val for k, val in job.meta.items() if k != ORIENT_COLUMN}, "orient_applied": str(fix),
+        "video": vdesc, "audio": adesc, "logmel": mdesc,
     }
-    return buf.getvalue(), meta
+    members["json"] = json.dumps(meta, sort_keys=True).encode()
+    return members, meta
+
+
+def num_samples_for_frames(frames: int, fbank: FbankConfig) -> int:
+    """Samples a Kaldi log-mel needs for ``frames`` frames."""
+    g = frame_geometry(fbank)
+    return g.length + (frames - 1) * g.step
 
 
 def shard_name(split: str, shard: int) -> str:
@@ -168,12 +218,12 @@ def _write_shard(out_dir: str, name: str, jobs: list[SegmentJob], cfg: ShardWrit
                         r.close()
                     readers = {job.path: (reader := MediaReader(job.path))}
                 try:
-                    data, meta = encode_segment(reader, job, cfg)
+                    members, _ = encode_segment(reader, job, cfg)
                 except MediaError as e:
                     log.warning("shards: skipping %s [%.3f, %.3f): %s", job.path, job.start, job.end, e)
                     failed.append({"key": job.key, "source": job.path, "start": job.start, "error": str(e)})
                     continue
-                tw.write({"__key__": job.key, "mp4": data, "json": json.dumps(meta, sort_keys=True).encode()})
+                tw.write({"__key__": job.key, **members})
                 keys.append(job.key)
         sidecar = {"name": name, "num_samples": len(keys), "keys": keys, "failed": failed}
         _write_json_atomic(target.with_name(name + ".json"), sidecar)

@@ -164,10 +164,12 @@ class PreprocessSpec:
     def eval_video_transform(self) -> VideoTransform:
         return VideoTransform(size=self.frame_size, train=False, mean=self.video_mean, std=self.video_std)
 
-    def audio_features(self, wave: Tensor, valid: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    def audio_features(self, wave: Tensor, valid: Tensor | None = None,
+                       mel: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Segments' samples ``[S, N]`` (and their validity) -> normalised log-mel ``[S, 1, F, M]`` and per-frame
-        validity ``[S, F]``; frames without enough real audio are silence (0 after normalisation)."""
-        spec = normalize(log_mel(wave, self.fbank), self.fbank).unsqueeze(1)
+        validity ``[S, F]``; frames without enough real audio are silence (0 after normalisation). ``mel``: the
+        segments' raw log-mel ``[S, F, M]`` when already computed (stored in shards), instead of from ``wave``."""
+        spec = normalize(log_mel(wave, self.fbank) if mel is None else mel, self.fbank).unsqueeze(1)
         if valid is None:
             frame_valid = torch.ones(spec.shape[0], spec.shape[2], dtype=torch.bool)
             return spec.float(), frame_valid

@@ -1,54 +1,84 @@
-"""Sharded A/V data: WebDataset tar shards of pre-cut, re-encoded segments, written from a manifest and streamed.
+"""Sharded A/V data: WebDataset tar shards of pre-cut segments stored at the training fps and size, written from a
+manifest and streamed.
 
 Why WebDataset (not LitData): shards are plain POSIX tar files (``tar tf`` lists them, any tool can copy or
 inspect them), written and read by a small, widely used library whose ``gopen`` streams from local disk, HTTP(S),
 ``gs://`` or any command (``pipe:aws s3 cp s3://bucket/x.tar -``), with no server, database or format-specific
 index to keep in step. See docs/scaling.md.
 
-Layout of a shard folder (``write_shards``)::
+Layout of a shard folder (``write_shards``, format version 2)::
 
     index.json                      format version, write settings, per split: shards and their sample counts
-    <split>-000000.tar              samples: <key>.mp4 (H.264 + AAC, short side ``size`` px, ``gop`` frames GOP)
-    <split>-000000.tar.json                   <key>.json (source path, start, end, split, metadata, ordinal)
+    <split>-000000.tar              samples: <key>.json  (source, start, end, split, metadata, ordinal, and
+                                                          everything needed to decode the members below)
+                                             <key>.mjpeg (format jpeg: one JPEG per frame) or <key>.h264
+                                                          (formats h264 / h264_intra: H.264 elementary stream)
+                                             <key>.pcm / <key>.flac (int16 mono audio), [<key>.logmel]
+    <split>-000000.tar.json         sidecar: the shard's keys and the segments that failed
 
-Each sample is one manifest segment (or a piece of at most ``max_segment_duration`` s of it) re-encoded on its own
-clock (0 = segment start). Stream parts the source does not cover are left out of the re-encoded file, so the
-reader marks them invalid again. Every shard is written to a temporary name and renamed; a re-run skips finished
-shards, so an interrupted job resumes where it stopped.
+The representations are defined in ``avssl.data.shard_formats``. Format version 1 shards (``<key>.mp4``: H.264 +
+AAC, written before the representations existed) still read. Each sample is one manifest segment (or a piece of at
+most ``max_segment_duration`` s of it); its frames are those on screen at ``start + k / fps`` (file clock), its
+audio the file's samples from ``round(start * sr)``; stream parts the source does not cover are left out (frames)
+or marked invalid (audio), so the reader marks them invalid again. Every shard is written to a temporary name and
+renamed; a re-run skips finished shards, so an interrupted job resumes where it stopped.
 
 Reading (``ShardedClipDataset``) plans each epoch with ``plan_epoch``: the shard list is shuffled by
 ``(seed, epoch)`` (the same on every rank), dealt round-robin to ranks and then to DataLoader workers; each worker
-streams its shards through a seeded shuffle buffer and cuts one random clip of S segments from each sample. With
+streams its shards through a seeded shuffle buffer and cuts one random clip of S segments from each sample,
+decoding from memory only the frames the clip shows, through the one cutter (``avssl.data.preprocess``). With
 ``even="drop"`` (default) or ``"pad"`` every rank gets the same number of full batches (the plan reports what it
 drops or repeats); with ``even="none"`` every sample is yielded exactly once per epoch.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import math
 import os
 import random
-import shutil
-import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 from urllib.parse import urljoin
 
+import av
+import numpy as np
 import torch
-from torch.utils.data import IterableDataset, get_worker_info
+from torch.utils.data import IterableDataset, default_collate, get_worker_info
 
-from avssl.data.datasets import AVClipDataset
+from avssl.data import _pyav
 from avssl.data.errors import MediaError
-from avssl.data.features import FbankConfig
-from avssl.data.manifest import ManifestRow
-from avssl.data.sampling import ClipSpec, hash_uniform
+from avssl.data.features import FbankConfig, frame_geometry
+from avssl.data.media import select_frames
+from avssl.data.preprocess import (
+    PreprocessSpec,
+    SegmentCut,
+    audio_window,
+    cut_audio,
+    cut_video,
+    select_latest,
+)
+from avssl.data.sampling import ClipSpec, audio_offsets, clip_start, hash_uniform, video_id
+from avssl.data.shard_formats import (
+    AUDIO_MEMBER,
+    LOGMEL_MEMBER,
+    VIDEO_MEMBER,
+    FormatError,
+    decode_audio,
+    decode_frames,
+    decode_jpegs,
+    jpeg_tensors,
+    logmel_matches,
+    runs_to_mask,
+)
+from avssl.data.transforms import CropParams, SpecAugment, VideoTransform
 
 log = logging.getLogger(__name__)
 
-SHARD_FORMAT_VERSION = 1
+SHARD_FORMAT_VERSION = 2  # 1: one MP4 (H.264 + AAC) per sample; 2: avssl.data.shard_formats
 INDEX_NAME = "index.json"
 Even = Literal["drop", "pad", "none"]
 EVEN_MODES = ("drop", "pad", "none")
@@ -239,6 +269,12 @@ class ShardedClipDataset(IterableDataset[dict[str, Any]]):
     random start a function of ``(seed, epoch, ordinal)``. ``num_workers`` must equal the DataLoader's; ``rank`` /
     ``world_size`` default to torch.distributed's (or ``RANK`` / ``WORLD_SIZE``). Call ``set_epoch`` every epoch
     (``avssl.lit.distributed.ShardEpochCallback`` does) and keep DataLoader workers non-persistent.
+
+    ``defer_video`` (jpeg shards): workers leave the frames as JPEG bytes (``video_jpeg``, with each clip's frame
+    map and crop); batch with :meth:`collate` and call :meth:`finish_batch` in the main process, which decodes the
+    whole batch in one ``decode_jpeg`` call on a device (CUDA) and crops / normalises there. ``use_logmel``: use a
+    stored log-mel where its settings equal ``fbank`` (clips then start on the log-mel's frame grid, 10 ms by
+    default); otherwise, or with ``False``, the log-mel is computed from the stored audio.
     """
 
     def __init__(
@@ -262,18 +298,32 @@ class ShardedClipDataset(IterableDataset[dict[str, Any]]):
         rank: int | None = None,
         world_size: int | None = None,
         decode: bool = True,
+        defer_video: bool = False,
+        use_logmel: bool = True,
     ) -> None:
         if even not in EVEN_MODES:
             raise ValueError(f"ShardedClipDataset: even must be one of {EVEN_MODES}, got {even!r}")
         self.index, self.clip, self.fps, self.frame_size = index, clip, float(fps), int(frame_size)
         self.fbank = fbank or FbankConfig(sample_rate=int(index.config.get("sample_rate", 16000)))
-        self.video_transform, self.audio_transform = video_transform, audio_transform
+        self.spec = PreprocessSpec(segment_duration=clip.segment_duration, fps=self.fps,
+                                   frame_size=(self.frame_size, self.frame_size), sample_rate=self.fbank.sample_rate,
+                                   fbank=self.fbank, segment_gap=clip.segment_gap, num_segments=clip.num_segments)
+        self.video_transform = video_transform or VideoTransform(self.frame_size, train=True)
+        self.audio_transform = audio_transform
+        if defer_video and not (isinstance(self.video_transform, VideoTransform) and self.video_transform.share_params):
+            raise ValueError("ShardedClipDataset: defer_video needs a VideoTransform with share_params=True")
+        if defer_video and index.config.get("format", "h264") != "jpeg":
+            raise ShardError(f"{index.source}: video decoding in the main process needs jpeg shards; these are "
+                             f"{index.config.get('format', 'h264 (format version 1)')!r}")
+        self.defer_video, self.use_logmel = bool(defer_video), bool(use_logmel)
+        self._logmel_said: set[str] = set()
         self.batch_size, self.num_workers, self.even = int(batch_size), int(num_workers), even
         self.shuffle, self.shuffle_buffer, self.seed = shuffle, int(shuffle_buffer), int(seed)
         self.label_column = label_column
         if classes is None and label_column:
             classes = index.classes.get(label_column)
         self.classes = list(classes or [])
+        self._class_index = {c: i for i, c in enumerate(self.classes)}
         self.rank, self.world_size = _dist_info(rank, world_size)
         self.decode = decode
         if decode:
@@ -345,40 +395,36 @@ class ShardedClipDataset(IterableDataset[dict[str, Any]]):
         if good >= quota:
             return
         one_pass = sum(plan_counts(self.index.counts, plan.shards[self.rank][worker]))
-        tmp = tempfile.mkdtemp(prefix="avssl-shard-")
-        try:
-            pending, failed_in_row = 0, 0
-            for pos, raw in enumerate(self.raw_stream(plan, worker)):
-                if pos < start:
+        pending, failed_in_row = 0, 0
+        for pos, raw in enumerate(self.raw_stream(plan, worker)):
+            if pos < start:
+                continue
+            if not self.decode:
+                meta = json.loads(raw["json"])
+                sample = {"key": raw["__key__"], "index": torch.tensor(meta["ordinal"]),
+                          "cycle": raw["__cycle__"]}
+            else:
+                try:
+                    sample = self._decode(raw)
+                except MediaError as e:
+                    failed_in_row += 1
+                    if failed_in_row >= one_pass:
+                        raise ShardError(f"rank {self.rank} worker {worker}: none of the {one_pass} sample(s) "
+                                         f"of shards {[self.index.urls[s] for s in plan.shards[self.rank][worker]]}"
+                                         f" decodes (last: {e})") from e
+                    log.warning("shards: replacing undecodable sample %s (%s)", raw.get("__key__"), e)
+                    pending += 1
                     continue
-                if not self.decode:
-                    meta = json.loads(raw["json"])
-                    sample = {"key": raw["__key__"], "index": torch.tensor(meta["ordinal"]),
-                              "cycle": raw["__cycle__"]}
-                else:
-                    try:
-                        sample = self._decode(raw, tmp)
-                    except MediaError as e:
-                        failed_in_row += 1
-                        if failed_in_row >= one_pass:
-                            raise ShardError(f"rank {self.rank} worker {worker}: none of the {one_pass} sample(s) "
-                                             f"of shards {[self.index.urls[s] for s in plan.shards[self.rank][worker]]}"
-                                             f" decodes (last: {e})") from e
-                        log.warning("shards: replacing undecodable sample %s (%s)", raw.get("__key__"), e)
-                        pending += 1
-                        continue
-                    sample["num_skipped"] = torch.tensor(pending, dtype=torch.int64)
-                    sample["num_replaced"] = torch.tensor(pending if self.even != "none" else 0,
-                                                          dtype=torch.int64)
-                pending, failed_in_row = 0, 0
-                sample["stream_pos"] = torch.tensor(pos, dtype=torch.int64)
-                sample["stream_worker"] = torch.tensor(worker, dtype=torch.int64)
-                yield sample
-                good += 1
-                if good >= quota:
-                    return
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+                sample["num_skipped"] = torch.tensor(pending, dtype=torch.int64)
+                sample["num_replaced"] = torch.tensor(pending if self.even != "none" else 0,
+                                                      dtype=torch.int64)
+            pending, failed_in_row = 0, 0
+            sample["stream_pos"] = torch.tensor(pos, dtype=torch.int64)
+            sample["stream_worker"] = torch.tensor(worker, dtype=torch.int64)
+            yield sample
+            good += 1
+            if good >= quota:
+                return
 
     def _skip_for_worker(self, plan: EpochPlan, worker: int) -> int:
         """Samples ``worker`` skips to resume after ``skip_batches`` batches (the DataLoader takes batches from its
@@ -396,35 +442,251 @@ class ShardedClipDataset(IterableDataset[dict[str, Any]]):
             w = (w + 1) % len(left)
         return min(taken[worker] * self.batch_size, plan.quota[self.rank][worker])
 
-    def _decode(self, raw: dict[str, Any], tmp: str) -> dict[str, Any]:
-        key = raw.get("__key__", "?")
-        if "mp4" not in raw or "json" not in raw:
-            raise ShardError(f"{raw.get('__url__')}: sample {key} lacks its mp4 or json member")
-        meta = json.loads(raw["json"])
-        path = os.path.join(tmp, "segment.mp4")
-        with open(path, "wb") as f:
-            f.write(raw["mp4"])
-        row = ManifestRow(path=path, start=0.0, end=float(meta["duration"]), split=meta["split"],
-                          meta={k: str(v) for k, v in meta.get("meta", {}).items()})
-        sample_seed = int(hash_uniform("shard-sample", self.seed, int(meta["ordinal"])) * 2**53)
-        ds = AVClipDataset([row], clip=self.clip, fps=self.fps, frame_size=self.frame_size,
-                           sample_rate=self.fbank.sample_rate, fbank=self.fbank,
-                           video_transform=self.video_transform, audio_transform=self.audio_transform,
-                           mode="random", seed=sample_seed, split=None, label_column=self.label_column,
-                           classes=self.classes, allow_missing_audio=True)
-        if len(ds) == 0:
-            raise MediaError(meta["source"], f"shard sample {key} lasts {meta['duration']:.3f} s, shorter than "
+    # ------------------------------------------------------------------------------------------ one sample
+
+    def clip_times(self, meta: dict[str, Any], cycle: int = 0) -> tuple[list[float], list[float]]:
+        """Video and audio segment starts of the clip cut from a sample this epoch: the clip ``AVClipDataset``
+        (mode ``random``) cuts from the sample's row ``[start, end)`` of its source file with seed
+        ``hash_uniform("shard-sample", seed, ordinal)``, epoch ``epoch * 1000 + cycle`` and index 0 (file clock;
+        format-1 samples: the sample's own clock, 0 = its start)."""
+        seed, epoch = self._sample_key(meta, cycle)
+        lo, hi = (0.0, float(meta["duration"])) if _version(meta) == 1 else (float(meta["start"]), float(meta["end"]))
+        if hi - lo + 1e-9 < self.clip.clip_duration:
+            raise MediaError(meta["source"], f"shard sample {meta.get('key')} lasts {hi - lo:.3f} s, shorter than "
                              f"one clip ({self.clip.clip_duration:.3f} s)")
-        ds.set_epoch(self.epoch * 1000 + int(raw.get("__cycle__", 0)))
+        start = clip_start(lo, hi, self.clip, "random", seed=seed, epoch=epoch, index=0)
+        video = self.spec.segment_starts(start)
+        offs = audio_offsets(self.clip, seed=seed, epoch=epoch, index=0)
+        return video, [v + o for v, o in zip(video, offs)]
+
+    def _sample_key(self, meta: dict[str, Any], cycle: int) -> tuple[int, int]:
+        return int(hash_uniform("shard-sample", self.seed, int(meta["ordinal"])) * 2**53), self.epoch * 1000 + cycle
+
+    def _logmel_plan(self, meta: dict[str, Any], raw: dict[str, Any], cycle: int
+                     ) -> tuple[list[float], list[float], list[int]] | None:
+        """Segment starts moved to the stored log-mel's frame grid and each segment's first log-mel frame, or
+        None (the log-mel is then computed from the audio; the first reason of each kind is logged once)."""
+        md, ad = meta.get("logmel"), meta.get("audio")
+        if not self.use_logmel or not md or not ad or LOGMEL_MEMBER not in raw:
+            return None
+        why = logmel_matches(md["fbank"], self.fbank)
+        step = frame_geometry(self.fbank).step if why is None else 0
+        if why is None and self.clip.audio_jitter == 0 and (
+                round(self.clip.segment_stride * self.fbank.sample_rate) % step):
+            why = (f"the segment stride {self.clip.segment_stride:g} s is not a whole number of fbank frame "
+                   f"shifts ({step} samples)")
+        if why is not None:
+            if why not in self._logmel_said:
+                self._logmel_said.add(why)
+                log.info("shards: computing log-mel from the audio, not using the stored one: %s", why)
+            return None
+        sr, base = self.fbank.sample_rate, round(float(ad["start"]) * self.fbank.sample_rate)
+        lo, hi = float(meta["start"]), float(meta["end"])
+        video, audio = self.clip_times(meta, cycle)
+        k = round((round(video[0] * sr) - base) / step)
+        for shift in (0, -1, 1):  # the nearest grid start that keeps the clip inside the sample
+            c = (base + (k + shift) * step) / sr
+            if c >= lo - 1e-9 and c + self.clip.clip_duration <= hi + 1e-9:
+                break
+        else:
+            return None
+        moved = c - video[0]
+        video = self.spec.segment_starts(c)
+        audio = [(base + round((round((a + moved) * sr) - base) / step) * step) / sr for a in audio]
+        if self.clip.audio_jitter == 0:
+            audio = list(video)
+        first = [(round(a * sr) - base) // step for a in audio]
+        if min(first) < 0 or max(first) + self.spec.audio_frames_per_segment > int(md["frames"]):
+            return None  # (a jittered segment reaching past the stored audio)
+        return video, audio, first
+
+    def _decode(self, raw: dict[str, Any]) -> dict[str, Any]:
+        """One raw shard sample -> the clip dict (see the class docstring). Raises MediaError (counted and
+        replaced by the caller) when its bytes do not decode."""
+        key = raw.get("__key__", "?")
+        if "json" not in raw:
+            raise ShardError(f"{raw.get('__url__')}: sample {key} lacks its json member")
+        meta = json.loads(raw["json"])
+        cycle = int(raw.get("__cycle__", 0))
         try:
-            sample = ds._load(0)
+            if _version(meta) == 1:
+                cut, v_local = self._cut_v1(raw, meta, cycle)
+                v_starts = [s + float(meta["start"]) for s in v_local]  # back on the source clock
+                sample = self._finish(meta, cut, v_starts, cycle, None, None)
+            else:
+                sample = self._decode_v2(raw, meta, cycle)
+        except FormatError as e:
+            raise MediaError(meta.get("source", key), f"shard sample {key}: {e}") from e
         except MediaError as e:
-            raise MediaError(meta["source"], f"shard sample {key}: {e.problem}") from e
-        sample["index"] = torch.tensor(int(meta["ordinal"]), dtype=torch.int64)
-        sample["path"] = meta["source"]
+            raise MediaError(meta.get("source", key), f"shard sample {key}: {e.problem}") from e
         sample["key"] = key
-        sample["segment_starts"] = sample["segment_starts"] + float(meta["start"])  # back on the source clock
         return sample
+
+    def _decode_v2(self, raw: dict[str, Any], meta: dict[str, Any], cycle: int) -> dict[str, Any]:
+        vd, ad = meta["video"], meta.get("audio")
+        member = VIDEO_MEMBER.get(vd["format"])
+        if member is None or member not in raw:
+            raise FormatError(f"no {vd['format']!r} video member ({member})")
+        plan = self._logmel_plan(meta, raw, cycle)
+        v_starts, a_starts = self.clip_times(meta, cycle) if plan is None else plan[:2]
+        # video: which stored frames the segments show (the one cutter, on frame positions), then only those
+        fps, t0 = float(meta["fps"]), float(meta["start"])
+        slots = np.asarray(vd["index"], np.float64)
+        times = torch.from_numpy(t0 + slots / fps)
+        targets = self.spec.frame_targets(v_starts)
+        idx, _ = select_latest(times, targets)
+        need = torch.unique(idx)
+        last = int(need[-1]) == len(slots) - 1
+        pos, video_valid = cut_video(self.spec, torch.arange(len(need)).view(-1, 1, 1, 1), times[need], v_starts,
+                                     frame_step=1.0 / fps if last else None)
+        pos = pos.view(len(v_starts), -1)
+        # audio
+        n_samples = int(ad["num_samples"]) if ad else 0
+        a0 = float(ad["start"]) if ad else t0
+        valid = runs_to_mask(ad["valid"], n_samples) if ad else torch.zeros(0, dtype=torch.bool)
+        if plan is not None:
+            wave = torch.zeros(n_samples)  # only the validity is cut: the features are stored
+        elif ad:
+            data = raw.get(AUDIO_MEMBER.get(ad["codec"], ""))
+            if data is None:
+                raise FormatError(f"no {ad['codec']!r} audio member")
+            wave = torch.from_numpy(decode_audio(data, ad["codec"], n_samples))
+        else:
+            wave = torch.zeros(0)
+        seg_wave, seg_valid = cut_audio(self.spec, wave, a0, a_starts, valid)
+        mel = None
+        if plan is not None:
+            md = meta["logmel"]
+            stored = np.frombuffer(bytearray(raw[LOGMEL_MEMBER]), dtype="<f4")
+            if stored.size != int(md["frames"]) * int(md["mels"]):
+                raise FormatError(f"logmel: {stored.size} values stored, the json says {md['frames']}x{md['mels']}")
+            stored_t = torch.from_numpy(stored.reshape(int(md["frames"]), int(md["mels"])))
+            f = self.spec.audio_frames_per_segment
+            mel = torch.stack([stored_t[k : k + f] for k in plan[2]])
+        if self.defer_video:
+            if vd["format"] != "jpeg":
+                raise FormatError(f"video decoding in the main process needs jpeg shards, not {vd['format']!r}")
+            jpegs = jpeg_tensors(raw[member], vd, [int(i) for i in need])
+            return self._finish(meta, SegmentCut(torch.zeros(0), video_valid, seg_wave, seg_valid), v_starts, cycle,
+                                mel, (jpegs, pos, int(vd["height"]), int(vd["width"])))
+        frames = torch.from_numpy(decode_frames(raw[member], vd, [int(i) for i in need]))
+        cut = SegmentCut(frames[pos], video_valid, seg_wave, seg_valid)
+        return self._finish(meta, cut, v_starts, cycle, mel, None)
+
+    def _cut_v1(self, raw: dict[str, Any], meta: dict[str, Any], cycle: int
+                ) -> tuple[SegmentCut, list[float]]:
+        """Format 1 (an MP4 of H.264 + AAC per sample): decoded from memory with the file decoder's functions, cut
+        on the sample's own clock."""
+        if "mp4" not in raw:
+            raise FormatError("no mp4 member")
+        v_local, a_local = self.clip_times(meta, cycle)
+        w0, wdur = audio_window(self.spec, v_local, a_local)
+        targets = self.spec.frame_targets(v_local)
+        try:
+            with av.open(io.BytesIO(raw["mp4"]), mode="r", metadata_errors="ignore") as c:
+                origin = _pyav.container_origin(c)
+                vs = c.streams.video[0]
+                span = _pyav.decode_video_span(meta["source"], c, vs, origin, float(targets.min()),
+                                               float(targets.max()), keep_before=True)
+                if not span.frames:
+                    raise FormatError("no video frame decodes")
+                if c.streams.audio:
+                    a = _pyav.decode_audio_window(meta["source"], c, c.streams.audio[0], origin, w0, wdur,
+                                                  self.fbank.sample_rate, True)
+                    audio, avalid = torch.from_numpy(a.audio[0]), torch.from_numpy(a.valid)
+                else:
+                    n = round(wdur * self.fbank.sample_rate)
+                    audio, avalid = torch.zeros(n), torch.zeros(n, dtype=torch.bool)
+                # the frames on screen at the targets, as MediaReader.read(frame_times=...) selects them
+                idx, shown, _, valid = select_frames(span.times, w0, wdur, None, at_stream_start=span.at_stream_start,
+                                                     at_stream_end=span.at_stream_end, frame_step=span.frame_step,
+                                                     targets=targets.reshape(-1))
+                f0 = span.frames[0]
+                rgb = np.stack([_pyav.frame_to_rgb(span.frames[int(i)], f0.width, f0.height, 0) for i in idx])
+        except av.FFmpegError as e:
+            raise FormatError(f"mp4 does not decode: {e}") from e
+        frames, fvalid = cut_video(self.spec, torch.from_numpy(rgb), torch.from_numpy(shown), v_local,
+                                   valid=torch.from_numpy(valid))
+        wave, wvalid = cut_audio(self.spec, audio, w0, a_local, avalid)
+        return SegmentCut(frames, fvalid, wave, wvalid), v_local
+
+    def _finish(self, meta: dict[str, Any], cut: SegmentCut, v_starts: list[float], cycle: int,
+                mel: torch.Tensor | None, deferred: tuple[list[torch.Tensor], torch.Tensor, int, int] | None
+                ) -> dict[str, Any]:
+        """Transforms, features and the sample dict, exactly as ``AVClipDataset._load`` makes them."""
+        seed, epoch = self._sample_key(meta, cycle)
+        gen = torch.Generator().manual_seed(int(hash_uniform("view", seed, epoch, 0) * 2.0**53))
+        sample: dict[str, Any] = {}
+        tf = self.video_transform
+        if deferred is not None:
+            assert isinstance(tf, VideoTransform)
+            jpegs, pos, h, w = deferred
+            p = tf.sample_params(h, w, gen)  # the draw VideoTransform makes for a whole clip
+            sample["video_jpeg"] = jpegs
+            sample["video_pos"] = pos
+            sample["video_crop"] = torch.tensor([p.top, p.left, p.height, p.width, int(p.flip)], dtype=torch.int64)
+        elif isinstance(tf, VideoTransform):  # one crop/flip shared by all S segments
+            sample["video"] = tf(cut.frames, generator=gen).float()
+        else:
+            sample["video"] = tf(cut.frames).float()
+        sample["video_valid"] = cut.frames_valid
+        spec, audio_valid = self.spec.audio_features(cut.audio, cut.audio_valid, mel=mel)
+        if isinstance(self.audio_transform, SpecAugment):
+            spec = self.audio_transform(spec, generator=gen)
+        elif self.audio_transform is not None:
+            spec = self.audio_transform(spec)
+        sample["audio"], sample["audio_valid"] = spec.float(), audio_valid
+        label = -1
+        if self.label_column:
+            label = self._class_index.get(str(meta.get("meta", {}).get(self.label_column) or ""), -1)
+        sample.update({
+            "segment_starts": torch.tensor(v_starts, dtype=torch.float64),
+            "label": torch.tensor(label, dtype=torch.int64),
+            "index": torch.tensor(int(meta["ordinal"]), dtype=torch.int64),
+            "path": meta["source"],
+            "video_id": torch.tensor(video_id(meta["source"]), dtype=torch.int64),
+        })
+        return sample
+
+    # ------------------------------------------------------------------------------------------ batches
+
+    @staticmethod
+    def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
+        """``default_collate``, except that deferred JPEG frames (``video_jpeg``, byte tensors of different
+        lengths) stay a list per sample."""
+        jpegs = [s.pop("video_jpeg") for s in samples if "video_jpeg" in s]
+        batch = default_collate(samples)
+        if jpegs:
+            batch["video_jpeg"] = jpegs
+        return batch
+
+    def finish_batch(self, batch: dict[str, Any], device: str | torch.device = "cpu") -> dict[str, Any]:
+        """Decode a batch's deferred JPEG frames on ``device`` in one ``torchvision.io.decode_jpeg`` call and
+        crop / resize / normalise them there (with each clip's crop drawn in its worker): ``batch["video"]``
+        becomes ``[B, S, 3, T, h, w]`` on ``device``, as the workers would have made it. Other batches pass."""
+        if "video_jpeg" not in batch:
+            return batch
+        tf = self.video_transform
+        assert isinstance(tf, VideoTransform)
+        groups = batch.pop("video_jpeg")
+        try:
+            images = decode_jpegs([t for g in groups for t in g], device=device)
+        except FormatError as e:
+            raise ShardError(f"shard samples {list(batch.get('key', []))}: {e}") from e
+        out, i = [], 0
+        for b, g in enumerate(groups):
+            frames = torch.stack(images[i : i + len(g)]).permute(0, 2, 3, 1)  # [U, H, W, 3]
+            i += len(g)
+            top, left, h, w, flip = (int(x) for x in batch["video_crop"][b])
+            clip = frames[batch["video_pos"][b].to(frames.device)]  # [S, T, H, W, 3]
+            out.append(tf(clip, params=CropParams(top, left, h, w, bool(flip))).float())
+        batch["video"] = torch.stack(out)
+        del batch["video_pos"], batch["video_crop"]
+        return batch
+
+
+def _version(meta: dict[str, Any]) -> int:
+    return int(meta.get("version", 1))
 
 
 # the writer lives with the data tools (avssl.data_tools.shards)

@@ -290,7 +290,39 @@ class AVDataModule(pl.LightningDataModule):
             video_transform=base.video_transform, audio_transform=base.audio_transform,
             batch_size=int(c["batch_size"] if train else c["val_batch_size"]), num_workers=int(c["num_workers"]),
             even=sh.get("even", "drop") if train else "none", shuffle=train,
-            shuffle_buffer=int(sh.get("shuffle_buffer", 256)), seed=self.seed, label_column=c.get("label_column"))
+            shuffle_buffer=int(sh.get("shuffle_buffer", 256)), seed=self.seed, label_column=c.get("label_column"),
+            defer_video=self._decode_on_device(index), use_logmel=bool(sh.get("use_logmel", True)))
+
+    def _decode_on_device(self, index: Any) -> bool:
+        """``data.shards.decode_device``: True when JPEG frames are decoded in the main process on the training
+        GPU (``cuda``; ``auto`` for jpeg shards on a CUDA trainer), False when the workers decode them (``cpu``)."""
+        mode = str((self.cfg.get("shards") or {}).get("decode_device", "auto"))
+        if mode not in ("auto", "cpu", "cuda"):
+            raise ValueError(f"data.shards.decode_device must be auto, cpu or cuda, got {mode!r}")
+        device = self._device()
+        if mode == "cuda" and device.type != "cuda":
+            raise ValueError(f"data.shards.decode_device=cuda but training runs on {device} (use auto or cpu)")
+        if mode == "cuda" and index.config.get("format") != "jpeg":
+            raise ValueError(f"data.shards.decode_device=cuda needs jpeg shards; {index.source} holds "
+                             f"{index.config.get('format', 'h264 (format version 1)')!r} (use auto or cpu)")
+        return mode == "cuda" or (mode == "auto" and device.type == "cuda" and index.config.get("format") == "jpeg")
+
+    def _device(self) -> torch.device:
+        trainer = self.trainer
+        if trainer is not None:
+            return torch.device(trainer.strategy.root_device)
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Shard batches whose JPEG frames were left to the main process: decode them on the training device in
+        one batched call (``ShardedClipDataset.finish_batch``) before the rest of the batch moves there."""
+        if isinstance(batch, dict) and "video_jpeg" in batch:
+            trainer = self.trainer
+            training = trainer is not None and bool(trainer.training)
+            ds = self.train_set if training else self.val_set
+            assert ds is not None and hasattr(ds, "finish_batch")
+            batch = ds.finish_batch(batch, self._device())
+        return batch
 
     def setup(self, stage: str | None = None) -> None:
         if self.val_set is not None:
@@ -334,7 +366,8 @@ class AVDataModule(pl.LightningDataModule):
         bs = int(self.cfg["batch_size"])
         if self.cfg["source"] == "shards":  # streaming: the dataset splits shards over ranks and workers
             kw = {**self._loader_kwargs(), "persistent_workers": False}  # workers must see each epoch's plan
-            return ResumableDataLoader(self.train_set, batch_size=bs, **kw)
+            return ResumableDataLoader(self.train_set, batch_size=bs, collate_fn=self.train_set.collate,  # type: ignore[attr-defined]
+                                       **kw)
         rank, world = self._ranks()
         # this module splits the data over ranks itself (build_trainer sets use_distributed_sampler=False)
         sampler = EpochSampler(len(self.train_set), self.seed, rank=rank, world_size=world)
@@ -350,7 +383,8 @@ class AVDataModule(pl.LightningDataModule):
             raise RuntimeError("AVDataModule.setup() has not run")
         if self.cfg["source"] == "shards":
             kw = {**self._loader_kwargs(), "persistent_workers": False}
-            return DataLoader(self.val_set, batch_size=int(self.cfg["val_batch_size"]), **kw)
+            return DataLoader(self.val_set, batch_size=int(self.cfg["val_batch_size"]),
+                              collate_fn=self.val_set.collate, **kw)  # type: ignore[attr-defined]
         n = len(self.val_set)
         if self.cfg.get("val_order", "shuffled") == "shuffled":
             order = torch.randperm(n, generator=torch.Generator().manual_seed(VAL_ORDER_SEED)).tolist()
