@@ -97,6 +97,9 @@ class DataConfig:
     # video preprocessing
     fps: float = 8.0
     frame_size: int = 64
+    # short side frames are scaled to inside the decoder (swscale, before RGB): auto (the smallest size the
+    # crop/resize policy loses nothing at, avssl.data.preprocess.decode_size) | null (full size) | an integer
+    decode_size: Any = None
     video_mean: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
     video_std: list[float] = field(default_factory=lambda: [0.25, 0.25, 0.25])
     # audio preprocessing: avssl.data.features.FbankConfig fields (checked at launch), including the sample

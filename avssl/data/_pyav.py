@@ -6,9 +6,11 @@ a stream timestamp ``pts`` becomes ``pts * time_base - origin``.
 
 from __future__ import annotations
 
+import bisect
 import math
 import os
 import re
+from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
 from fractions import Fraction
@@ -16,7 +18,9 @@ from typing import Any
 
 import av
 import numpy as np
+from av.video.reformatter import VideoReformatter
 
+from avssl.data import _display
 from avssl.data.errors import DecodeError, MediaNotFound
 from avssl.data.types import MediaInfo, StreamInfo
 
@@ -70,15 +74,9 @@ def _rotation_from_degrees(deg: float) -> int:
     return int(round(deg / 90.0)) % 4 * 90
 
 
-def stream_rotation(path: str, container: Any, stream: Any) -> int:
-    """Counter-clockwise display rotation of a video stream (rotate tag, else the decoded display matrix)."""
-    tag = stream.metadata.get("rotate")
-    if tag is not None:
-        try:
-            # the legacy tag is clockwise
-            return _rotation_from_degrees(-float(tag))
-        except ValueError:
-            pass
+def decoded_rotation(path: str, container: Any, stream: Any) -> int:
+    """The display rotation the decoder attaches to the stream's first frame (decodes one frame: the fallback
+    where the container header does not tell)."""
     try:
         container.seek(0, stream=stream, backward=True, any_frame=False)
     except av.FFmpegError:
@@ -94,8 +92,34 @@ def stream_rotation(path: str, container: Any, stream: Any) -> int:
     return 0
 
 
+def stream_rotation(path: str, container: Any, stream: Any) -> int:
+    """Counter-clockwise display rotation of a video stream, without decoding where the container says it: the
+    legacy ``rotate`` tag (clockwise), else the display matrix of an MP4/MOV or Matroska/WebM header
+    (``avssl.data._display``), else (other containers, or a header that cannot be followed) the rotation of the
+    first decoded frame. A bitstream-level orientation (an H.264/HEVC display-orientation SEI) inside MP4 or
+    Matroska is not looked for: cameras write the container's matrix."""
+    tag = stream.metadata.get("rotate")
+    if tag is not None:
+        try:
+            # the legacy tag is clockwise
+            return _rotation_from_degrees(-float(tag))
+        except ValueError:
+            pass
+    names = container.format.name or ""
+    if set(names.split(",")) & (_display.MOV_FORMATS | _display.MATROSKA_FORMATS):
+        try:
+            with open(path, "rb") as f:
+                deg = _display.header_rotation(f, names, stream.index, stream.id, len(container.streams))
+        except OSError:
+            deg = None
+        if deg is not None:
+            return _rotation_from_degrees(deg)
+    return decoded_rotation(path, container, stream)
+
+
 def probe_container(path: str, container: Any) -> MediaInfo:
-    """Facts about an open container (see MediaInfo). Decodes at most one video frame (for the rotation)."""
+    """Facts about an open container (see MediaInfo). Decodes nothing for MP4/MOV and Matroska/WebM files; for
+    other containers one video frame (to learn the rotation, see ``stream_rotation``)."""
     origin = container_origin(container)
     streams = []
     for s in container.streams:
@@ -177,19 +201,82 @@ def _seek(path: str, container: Any, stream: Any, t_raw: float) -> None:
 MAX_BAD_PACKETS = 64  # undecodable packets tolerated in one read before the file counts as corrupt
 
 
-def decode_packets(container: Any, stream: Any, decoder: Any) -> Iterator[tuple[Any, list[Any]]]:
+def decode_packets(container: Any, stream: Any, decoder: Any,
+                   packets: Iterator[tuple[Any, bool]] | None = None) -> Iterator[tuple[Any, list[Any]]]:
     """Demux ``stream`` from its current position and decode each packet with ``decoder``: yields (packet, frames).
-    A few undecodable packets (damaged data) are skipped; more than ``MAX_BAD_PACKETS`` raise."""
+    A few undecodable packets (damaged data) are skipped; more than ``MAX_BAD_PACKETS`` raise. ``packets``:
+    ``(packet, needed)`` pairs instead of the plain demuxer (``needed_packets``); the decoder skips the
+    non-reference pictures of packets not needed (``skip_frame=NONREF``), decodes everything else."""
     errors = 0
+    source = ((p, True) for p in container.demux(stream)) if packets is None else packets
+    cc = decoder.codec_context if hasattr(decoder, "codec_context") else decoder
+    skipping = False
+    try:
+        for packet, needed in source:
+            if needed == skipping:  # switch only on change
+                skipping = not needed
+                cc.skip_frame = "NONREF" if skipping else "DEFAULT"
+            try:
+                frames = decoder.decode(packet)
+            except av.InvalidDataError:
+                errors += 1
+                if errors > MAX_BAD_PACKETS:
+                    raise
+                continue
+            yield packet, frames
+    finally:
+        if skipping:
+            cc.skip_frame = "DEFAULT"
+
+
+SKIP_CODECS = frozenset({"h264", "hevc"})  # decoders whose NONREF skipping drops only non-reference pictures
+SKIP_UNSHOWN = True  # decode_video_span skips non-reference pictures no target shows (False: decode all)
+
+
+def needed_packets(container: Any, stream: Any, clock: StreamClock, targets: np.ndarray,
+                   stop: float) -> Iterator[tuple[Any, bool]]:
+    """``(packet, needed)`` in demux order: ``needed`` is False only for a packet whose picture is surely not the
+    one on screen at any of the sorted ``targets`` (the latest picture with ``pts <= target + EPS``), i.e. no
+    target lies in ``[pts - EPS, next pts - EPS)``, and which precedes ``stop``. The next pts is known once a
+    later pts at or below the last demuxed dts has been seen (pictures not yet demuxed present no earlier than
+    their dts, which never decreases); packets wait in a short queue until then. Any packet without pts or dts,
+    with a pts before its dts, or sharing its pts makes everything from there on needed."""
+    pending: deque[tuple[Any, float]] = deque()
+    seen: list[float] = []  # pts of the packets demuxed so far, sorted
+    safe = True
+    last_dts = -math.inf
+
+    def decide(pts: float, nxt: float) -> bool:
+        if pts > stop + _EPS:
+            return True  # past the window: decoded as usual (it ends the read)
+        k = int(np.searchsorted(targets, pts - _EPS, side="left"))
+        return k < len(targets) and targets[k] < nxt - _EPS
+
     for packet in container.demux(stream):
-        try:
-            frames = decoder.decode(packet)
-        except av.InvalidDataError:
-            errors += 1
-            if errors > MAX_BAD_PACKETS:
-                raise
-            continue
-        yield packet, frames
+        if safe and (packet.pts is None or packet.dts is None or packet.size == 0):
+            safe = False
+        if safe:
+            pts, dts = clock.seconds(packet.pts), clock.seconds(packet.dts)
+            i = bisect.bisect_left(seen, pts)
+            if pts < dts - _EPS or (i < len(seen) and seen[i] == pts) or dts < last_dts:
+                safe = False
+            else:
+                seen.insert(i, pts)
+                last_dts = dts
+                pending.append((packet, pts))
+                while pending:
+                    head, hp = pending[0]
+                    j = bisect.bisect_right(seen, hp)
+                    if j == len(seen) or seen[j] > last_dts:
+                        break  # its successor may not be demuxed yet
+                    pending.popleft()
+                    yield head, decide(hp, seen[j])
+                continue
+        while pending:
+            yield pending.popleft()[0], True
+        yield packet, True
+    while pending:  # the stream ended: the last pictures are needed
+        yield pending.popleft()[0], True
 
 
 def fresh_audio_decoder(stream: Any) -> Any:
@@ -211,12 +298,36 @@ def fresh_audio_decoder(stream: Any) -> Any:
         return cc
 
 
-def _frame_time(frame: Any, stream: Any, origin: Fraction, prev: float | None, step: float) -> float:
+class StreamClock:
+    """Timestamps in one time base -> seconds on the file clock: exactly ``float(ts * time_base - origin)``, without
+    building Fractions per frame where the origin is a whole number of ticks (then ``(ts - o) * num / den`` is one
+    correctly rounded integer division, the same float)."""
+
+    __slots__ = ("time_base", "origin", "_ticks", "_num", "_den")
+
+    def __init__(self, time_base: Fraction, origin: Fraction):
+        self.time_base, self.origin = Fraction(time_base), Fraction(origin)
+        ticks = self.origin / self.time_base
+        self._ticks = int(ticks) if ticks.denominator == 1 else None
+        self._num, self._den = self.time_base.numerator, self.time_base.denominator
+
+    def seconds(self, ts: int) -> float:
+        if self._ticks is not None:
+            return (ts - self._ticks) * self._num / self._den
+        return float(ts * self.time_base - self.origin)
+
+
+def _frame_time(frame: Any, clock: StreamClock, prev: float | None, step: float) -> float:
     ts = frame.pts if frame.pts is not None else frame.dts
     if ts is not None:
-        tb = frame.time_base or stream.time_base
-        return float(ts * tb - origin)
+        return clock.seconds(ts)
     return (prev + step) if prev is not None else 0.0
+
+
+def _frame_clock(frame: Any, clock: StreamClock) -> StreamClock:
+    """``clock``, or one for the frame's own time base where the decoder hands out another."""
+    tb = frame.time_base
+    return clock if tb is None or tb == clock.time_base else StreamClock(tb, clock.origin)
 
 
 @dataclass
@@ -231,14 +342,19 @@ class VideoSpan:
 
 
 def decode_video_span(
-    path: str, container: Any, stream: Any, origin: Fraction, start: float, stop: float, keep_before: bool
+    path: str, container: Any, stream: Any, origin: Fraction, start: float, stop: float, keep_before: bool,
+    targets: np.ndarray | None = None,
 ) -> VideoSpan:
     """Decode the frames with ``start <= t < stop`` (``t <= stop`` when ``keep_before``), plus, when
-    ``keep_before``, the last frame before ``start`` (the one on screen at ``start``)."""
+    ``keep_before``, the last frame before ``start`` (the one on screen at ``start``). With ``targets`` (sorted
+    instants, the only ones the caller shows), H.264/HEVC pictures no target shows and no other picture
+    references are not decoded at all (``needed_packets``); the frames on screen at the targets are the same."""
     rate = stream.average_rate or stream.base_rate or 25
     step = 1.0 / float(rate)
     first_ts = float(stream.start_time * stream.time_base - origin) if stream.start_time is not None else None
+    stream_clock = StreamClock(stream.time_base, origin)
     for back in SEEK_RETRIES:
+        clock: StreamClock | None = None
         _seek(path, container, stream, start + float(origin) - back)
         times: list[float] = []
         frames: list[Any] = []
@@ -248,11 +364,16 @@ def decode_video_span(
         done = False
         past_end = 0
         decoded_any = False
+        packets = None
+        if targets is not None and SKIP_UNSHOWN and stream.codec_context.name in SKIP_CODECS:
+            packets = needed_packets(container, stream, stream_clock, targets, stop)
         try:
-            for _packet, out in decode_packets(container, stream, stream):
+            for _packet, out in decode_packets(container, stream, stream, packets):
                 for frame in out:
                     decoded_any = True
-                    t = _frame_time(frame, stream, origin, prev, step)
+                    if clock is None:
+                        clock = _frame_clock(frame, stream_clock)
+                    t = _frame_time(frame, clock, prev, step)
                     prev = t
                     if first_seen is None:
                         first_seen = t
@@ -277,6 +398,10 @@ def decode_video_span(
             if not decoded_any:
                 raise DecodeError(path, f"cannot decode the video stream: {e}") from e
             done = False  # treat as end of the readable stream
+        finally:
+            if packets is not None:
+                packets.close()
+                stream.codec_context.skip_frame = "DEFAULT"
         # landed after the target although earlier frames exist: seek further back
         seek_late = first_seen is not None and first_seen > start + _EPS
         stream_begins_here = first_ts is None or first_seen is None or first_seen <= first_ts + step * 0.5
@@ -321,10 +446,18 @@ def decode_audio_window(
     end = start + duration
     first_ts = float(stream.start_time * stream.time_base - origin) if stream.start_time is not None else None
 
+    clocks: dict[Fraction, StreamClock] = {}
+
+    def seconds(ts: int, tb: Fraction) -> float:
+        clock = clocks.get(tb)
+        if clock is None:
+            clock = clocks[tb] = StreamClock(tb, origin)
+        return clock.seconds(ts)
+
     def place(out: Any) -> None:
         if out.pts is None or out.time_base is None:
             return
-        t0 = float(out.pts * out.time_base - origin)
+        t0 = seconds(out.pts, out.time_base)
         i0 = int(round((t0 - start) * sample_rate))
         m = out.samples
         lo, hi = max(i0, 0), min(i0 + m, n)
@@ -355,7 +488,7 @@ def decode_audio_window(
                         frame.pts = int(round(next_pts / frame.time_base))
                     if frame.pts is None or frame.time_base is None:
                         continue
-                    t = float(frame.pts * frame.time_base - origin)
+                    t = seconds(frame.pts, frame.time_base)
                     next_pts = t + float(origin) + frame.samples / frame.sample_rate
                     if first_seen is None:
                         first_seen = t
@@ -412,12 +545,17 @@ def output_size(
     return dec_w, dec_h, out_w, out_h
 
 
-def frame_to_rgb(frame: Any, dec_w: int, dec_h: int, rotation: int) -> np.ndarray:
-    """Scale (swscale, bilinear) and convert to RGB in one step, then apply the display rotation."""
+def frame_to_rgb(frame: Any, dec_w: int, dec_h: int, rotation: int, reformatter: Any = None) -> np.ndarray:
+    """uint8 [H, W, 3] RGB: scaled by swscale (bilinear, which averages over the footprint when shrinking) and
+    converted in the same pass, then turned by the display rotation (a view). ``reformatter`` (an
+    ``av.video.reformatter.VideoReformatter``) keeps one scaler context across frames. A scaled picture is
+    written as planar RGB (``gbrp``): the same values as packed ``rgb24`` (tests/test_media_rawpath.py), in 2/3
+    of the time."""
     if frame.width == dec_w and frame.height == dec_h:
         rgb = frame.to_ndarray(format="rgb24")
     else:
-        rgb = frame.reformat(width=dec_w, height=dec_h, format="rgb24", interpolation="BILINEAR").to_ndarray()
+        rf = reformatter if reformatter is not None else VideoReformatter()
+        rgb = rf.reformat(frame, width=dec_w, height=dec_h, format="gbrp", interpolation="BILINEAR").to_ndarray()
     if rotation:
         rgb = np.rot90(rgb, k=rotation // 90)
     return rgb

@@ -29,6 +29,7 @@ from avssl.data.manifest import Manifest, ManifestRow, read_manifest
 from avssl.data.media import MediaReader, probe
 from avssl.data.orient import row_orient
 from avssl.data.preprocess import PreprocessSpec, SegmentCut, audio_window, cut_audio, cut_video
+from avssl.data.preprocess import decode_size as auto_decode_size
 from avssl.data.sampling import (
     ClipSpec,
     audio_offsets,
@@ -39,7 +40,7 @@ from avssl.data.sampling import (
 )
 from avssl.data.sources import MEDIA_EXTENSIONS, find_media
 from avssl.data.transforms import SpecAugment, VideoTransform
-from avssl.data.types import AVWindow
+from avssl.data.types import AVWindow, MediaInfo
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +73,9 @@ class AVClipDataset(Dataset[dict[str, Any]]):
     ``audio_transform`` (e.g. ``SpecAugment``) gets the normalised log-mel [S, 1, F, M]. ``VideoTransform`` and
     ``SpecAugment`` draw from a generator seeded by (seed, epoch, index). Labels index the sorted distinct values
     of ``label_column`` (over all rows given, before the split filter), or ``classes`` when passed.
+    ``decode_size``: the short side frames are scaled to inside the decoder, before RGB (None: full size; an int;
+    ``"auto"``: the smallest size the video transform's resize/crop policy loses nothing at, per file, from
+    ``avssl.data.preprocess.decode_size``; the DataModule passes ``data.decode_size``).
     """
 
     def __init__(
@@ -94,7 +98,7 @@ class AVClipDataset(Dataset[dict[str, Any]]):
         allow_missing_audio: bool = True,
         max_bad_fraction: float = 0.1,
         max_open_files: int = 8,
-        decode_size: int | None = None,
+        decode_size: int | str | None = None,
         modalities: Sequence[str] = ("video", "audio"),
     ) -> None:
         if mode not in ("random", "uniform", "center"):
@@ -105,6 +109,10 @@ class AVClipDataset(Dataset[dict[str, Any]]):
             raise ValueError(f"AVClipDataset: max_bad_fraction must lie in [0, 1], got {max_bad_fraction}")
         if clips_per_row is not None and clips_per_row < 1:
             raise ValueError(f"AVClipDataset: clips_per_row must be >= 1, got {clips_per_row}")
+        if not (decode_size is None or decode_size == "auto"
+                or (isinstance(decode_size, int) and not isinstance(decode_size, bool) and decode_size > 0)):
+            raise ValueError(f"AVClipDataset: decode_size must be 'auto', None or a positive short side, got "
+                             f"{decode_size!r}")
         self.fbank = fbank if fbank is not None else FbankConfig(sample_rate=sample_rate)
         if self.fbank.sample_rate != sample_rate:
             raise ValueError(
@@ -125,10 +133,14 @@ class AVClipDataset(Dataset[dict[str, Any]]):
         self.clips_per_row, self.seed, self.epoch = clips_per_row, seed, 0
         self.label_column, self.allow_missing_audio = label_column, allow_missing_audio
         self.max_bad_fraction = max_bad_fraction
-        # Open containers kept per process (hour-long files cost ~80 ms to open; docs/benchmarks.md), LRU-bounded.
-        # ``decode_size`` resizes the short side while decoding (swscale), before the video transform.
+        # Open containers kept per process (hour-long files cost ~80 ms to open; docs/benchmarks.md), LRU-bounded;
+        # probe results kept for every file seen, so a file reopened after eviction is not probed again.
+        # ``decode_size`` scales the short side inside the decoder (swscale, before RGB), ahead of the video
+        # transform: an int, None (full size) or "auto" (``avssl.data.preprocess.decode_size`` of the transform,
+        # per file).
         self.max_open_files, self.decode_size = max(0, max_open_files), decode_size
         self._readers: OrderedDict[str, MediaReader] = OrderedDict()
+        self._infos: dict[str, MediaInfo] = {}
         self.modalities = tuple(m for m in ("video", "audio") if m in modalities)  # only these are decoded
         if not self.modalities or set(modalities) - {"video", "audio"}:
             raise ValueError(f"AVClipDataset: modalities must be a non-empty subset of (video, audio), got "
@@ -233,7 +245,7 @@ class AVClipDataset(Dataset[dict[str, Any]]):
         return torch.Generator().manual_seed(key)
 
     def _reader(self, path: str) -> MediaReader:
-        reader = self._readers.pop(path, None) or MediaReader(path)
+        reader = self._readers.pop(path, None) or MediaReader(path, info=self._infos.get(path))
         if self.max_open_files:
             self._readers[path] = reader  # most recently used last
             while len(self._readers) > self.max_open_files:
@@ -244,6 +256,18 @@ class AVClipDataset(Dataset[dict[str, Any]]):
         state = self.__dict__.copy()
         state["_readers"] = OrderedDict()
         return state
+
+    def _decode_size(self, reader: MediaReader, row_index: int) -> int | None:
+        """The short side frames of this row are decoded at (``decode_size``, resolved for ``auto``)."""
+        if self.decode_size != "auto":
+            return self.decode_size  # type: ignore[return-value]
+        v = reader.info.video
+        if v is None or not v.width or not v.height:
+            return None
+        h, w = (v.width, v.height) if v.rotation in (90, 270) else (v.height, v.width)
+        if self._orient[row_index].swaps_axes:
+            h, w = w, h
+        return auto_decode_size(self.video_transform, h, w)
 
     def read_window(self, index: int) -> tuple[AVWindow, list[float], list[float]]:
         """Decode the one window item ``index`` needs; also returns its video and audio segment starts.
@@ -257,14 +281,17 @@ class AVClipDataset(Dataset[dict[str, Any]]):
         w0, wdur = audio_window(self.spec, v_starts, a_starts)
         reader = self._reader(row.path)
         try:
+            size = self._decode_size(reader, row_index) if "video" in self.modalities else None
             win = reader.read(w0, wdur, frame_times=self.spec.frame_targets(v_starts).reshape(-1),
-                              sample_rate=self.sample_rate, mono=True, size=self.decode_size,
+                              sample_rate=self.sample_rate, mono=True, size=size,
                               allow_missing_audio=self.allow_missing_audio, orient=self._orient[row_index],
                               modalities=self.modalities)
         except MediaError:
             self._readers.pop(row.path, None)
+            self._infos.pop(row.path, None)
             reader.close()
             raise
+        self._infos[row.path] = reader.info
         if self.max_open_files == 0:
             reader.close()
         return win, v_starts, a_starts

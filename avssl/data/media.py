@@ -92,7 +92,8 @@ class MediaReader:
     ...     w = r.read(1.0, 2.0, fps=8, size=224)
     """
 
-    def __init__(self, path: str | os.PathLike[str], *, backend: str = "pyav", threads: int | None = None):
+    def __init__(self, path: str | os.PathLike[str], *, backend: str = "pyav", threads: int | None = None,
+                 info: MediaInfo | None = None):
         if backend not in BACKENDS:
             raise ValueError(f"unknown backend {backend!r}; choose from {BACKENDS}")
         self.path = os.fspath(path)
@@ -100,14 +101,21 @@ class MediaReader:
         self.threads = threads
         self._container: Any = None
         self._pid: int | None = None
-        self._info: MediaInfo | None = None
+        # ``info``: this file's probe result from an earlier reader (e.g. a dataset reopening a file), not probed again
+        if info is not None and info.path != self.path:
+            raise ValueError(f"MediaReader({self.path!r}): info= describes another file ({info.path!r})")
+        self._info: MediaInfo | None = info
         self._decord: Any = None
+        self._origin_frac: Fraction | None = None
+        self._reformatter: Any = None  # one swscale context per reader (per process)
 
     # -- lifecycle -------------------------------------------------------------------------------------------
     def _open(self) -> Any:
         if self._container is None or self._pid != os.getpid():
             self._release_inherited()
             self._container = _pyav.open_container(self.path, self.threads)
+            self._origin_frac = _pyav.container_origin(self._container)
+            self._reformatter = _pyav.VideoReformatter()
             self._pid = os.getpid()
         return self._container
 
@@ -115,9 +123,10 @@ class MediaReader:
         # A container opened by another process (inherited through fork, e.g. a DataLoader worker) shares FFmpeg
         # state and file offsets with its parent: never close or free it here, just stop using it.
         if self._pid is not None and self._pid != os.getpid():
-            _INHERITED.extend(x for x in (self._container, self._decord) if x is not None)
+            _INHERITED.extend(x for x in (self._container, self._decord, self._reformatter) if x is not None)
             self._container = None
             self._decord = None
+            self._reformatter = None
             self._pid = None
 
     def close(self) -> None:
@@ -126,6 +135,7 @@ class MediaReader:
             self._container.close()
         self._container = None
         self._decord = None
+        self._reformatter = None
         self._pid = None
 
     def __enter__(self) -> MediaReader:
@@ -142,7 +152,7 @@ class MediaReader:
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        state.update(_container=None, _pid=None, _decord=None)
+        state.update(_container=None, _pid=None, _decord=None, _reformatter=None, _origin_frac=None)
         return state
 
     # -- facts -----------------------------------------------------------------------------------------------
@@ -160,7 +170,9 @@ class MediaReader:
         return self._info
 
     def _origin(self) -> Fraction:
-        return _pyav.container_origin(self._open())
+        self._open()
+        assert self._origin_frac is not None
+        return self._origin_frac
 
     # -- reading ---------------------------------------------------------------------------------------------
     def read(
@@ -262,7 +274,7 @@ class MediaReader:
     def _assemble(
         self,
         times: list[float],
-        get_rgb: Callable[[list[int]], np.ndarray],
+        get_rgb: Callable[[list[int]], torch.Tensor],
         start: float,
         duration: float,
         fps: float | None,
@@ -280,8 +292,8 @@ class MediaReader:
         )
         uniq, inverse = np.unique(idx, return_inverse=True)
         if len(uniq):
-            rgb = get_rgb([int(i) for i in uniq])
-            frames = torch.from_numpy(np.ascontiguousarray(rgb[inverse]))
+            rgb = get_rgb([int(i) for i in uniq])  # each frame shown converted once
+            frames = rgb if len(uniq) == len(idx) else rgb[torch.from_numpy(inverse.reshape(-1))]
         else:
             frames = torch.zeros((0, out_hw[0], out_hw[1], 3), dtype=torch.uint8)
         return (
@@ -301,11 +313,15 @@ class MediaReader:
         end = start + duration
         if targets is not None:  # decode only the span the targets need
             start, stop = float(targets[0]), float(targets[-1])
+            shown = targets
+        elif fps is not None:
+            stop = start + (round(duration * fps) - 1) / fps
+            shown = start + np.arange(round(duration * fps), dtype=np.float64) / fps
         else:
-            stop = start + (round(duration * fps) - 1) / fps if fps is not None else end
+            stop, shown = end, None
         span = _pyav.decode_video_span(
             self.path, container, stream, self._origin(), start, stop,
-            keep_before=fps is not None or targets is not None,
+            keep_before=fps is not None or targets is not None, targets=shown,
         )
         rotation = vinfo.rotation
         if span.frames:
@@ -314,10 +330,13 @@ class MediaReader:
             w0, h0 = vinfo.width or 0, vinfo.height or 0
         dec_w, dec_h, out_w, out_h = _pyav.output_size(w0, h0, rotation, size)
 
-        def get_rgb(indices: list[int]) -> np.ndarray:
-            out = np.empty((len(indices), out_h, out_w, 3), np.uint8)
+        reformatter = self._reformatter
+
+        def get_rgb(indices: list[int]) -> torch.Tensor:
+            out = torch.empty((len(indices), out_h, out_w, 3), dtype=torch.uint8)
+            view = out.numpy()
             for j, i in enumerate(indices):
-                out[j] = _pyav.frame_to_rgb(span.frames[i], dec_w, dec_h, rotation)
+                view[j] = _pyav.frame_to_rgb(span.frames[i], dec_w, dec_h, rotation, reformatter)
             return out
 
         return self._assemble(
@@ -356,8 +375,8 @@ class MediaReader:
             local = [times[i] for i in sel]
             at_start, at_end = lo == 0, hi >= len(times)
 
-        def get_rgb(indices: list[int]) -> np.ndarray:
-            return dv.get([sel[i] for i in indices])
+        def get_rgb(indices: list[int]) -> torch.Tensor:
+            return torch.from_numpy(np.ascontiguousarray(dv.get([sel[i] for i in indices])))
 
         return self._assemble(
             local, get_rgb, start, duration, fps, dv.out_hw, at_start, at_end, dv.frame_step, targets

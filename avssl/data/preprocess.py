@@ -32,8 +32,8 @@ from avssl.data.features import FbankConfig, log_mel, normalize, num_frames, val
 from avssl.data.sampling import ClipSpec
 from avssl.data.transforms import IMAGENET_MEAN, IMAGENET_STD, VideoTransform
 
-__all__ = ["EPS", "PreprocessSpec", "Preprocessor", "SegmentCut", "audio_window", "cut_audio", "cut_video", "resample",
-           "select_latest"]
+__all__ = ["EPS", "PreprocessSpec", "Preprocessor", "SegmentCut", "audio_window", "cut_audio", "cut_video",
+           "decode_size", "resample", "select_latest"]
 
 EPS = 1e-6  # seconds: a frame whose time is within EPS after a target still counts as on screen at it
 
@@ -363,3 +363,38 @@ class Preprocessor:
         if num_segments is None:
             num_segments = _count_segments(self.spec, float(audio_start) + wav.shape[0] / self.sample_rate - t0)
         return self.audio_at(wav, float(audio_start), self.spec.segment_starts(t0, num_segments), ok)
+
+
+def decode_size(transform: object, height: int, width: int) -> int | None:
+    """The short side to scale pictures of ``height x width`` (as ``transform`` receives them: displayed and
+    corrected) to inside the decoder (swscale, before RGB), such that ``transform`` gives the same output within
+    interpolation tolerance: the smallest size at which every crop box the transform can draw still spans at
+    least its output size along both axes, so that nothing is scaled up that the full picture would have scaled
+    down. ``None`` (decode at full size) when that would not shrink the picture, or ``transform`` is not a
+    ``VideoTransform`` (its resize/crop policy is unknown).
+
+    - evaluation (``train=False``): scale until the output just fits (a square output: short side = its size);
+    - training (random resized crop, area fraction ``scale``, aspect ``ratio``): the smallest box it can draw is
+      ``sqrt(scale[0] * H * W / ratio[1])`` high and ``sqrt(scale[0] * H * W * ratio[0])`` wide, and its
+      fallback (a centre crop clamped to the aspect range) is also covered.
+    """
+    if not isinstance(transform, VideoTransform) or height < 1 or width < 1:
+        return None
+    out_h, out_w = transform.size
+    if not transform.train:
+        factor = max(out_h / height, out_w / width)
+    else:
+        area = height * width
+        s0, (r0, r1) = transform.scale[0], transform.ratio
+        box_h, box_w = math.sqrt(s0 * area / r1), math.sqrt(s0 * area * r0)
+        in_ratio = width / height  # the fallback box of VideoTransform.sample_params
+        if in_ratio < r0:
+            fb_h, fb_w = width / r0, float(width)
+        elif in_ratio > r1:
+            fb_h, fb_w = float(height), height * r1
+        else:
+            fb_h, fb_w = float(height), float(width)
+        factor = max(out_h / min(box_h, height), out_w / min(box_w, width), out_h / fb_h, out_w / fb_w)
+    short = min(height, width)
+    size = math.ceil(factor * short - 1e-9)
+    return size if size < short else None

@@ -44,6 +44,14 @@ def fbank_config(data_cfg: dict[str, Any]) -> FbankConfig:
         raise ValueError(f"data.fbank: {e}") from e
 
 
+def decode_size_setting(data_cfg: dict[str, Any]) -> int | str | None:
+    """``data.decode_size``: ``auto``, ``null`` (decode at full size) or a short side in pixels."""
+    v = data_cfg.get("decode_size")
+    if v is None or v == "auto" or (isinstance(v, int) and not isinstance(v, bool) and v > 0):
+        return v
+    raise ValueError(f"data.decode_size must be 'auto', null or a positive integer (short side), got {v!r}")
+
+
 def clip_spec(data_cfg: dict[str, Any], train: bool) -> ClipSpec:
     return ClipSpec(
         num_segments=int(data_cfg["num_segments"]),
@@ -270,6 +278,7 @@ class AVDataModule(pl.LightningDataModule):
             label_column=c.get("label_column"),
             allow_missing_audio=bool(c["allow_missing_audio"]),
             max_bad_fraction=float(c["max_bad_fraction"]),
+            decode_size=decode_size_setting(c),
             modalities=self.modalities,
         )
         if check_empty and len(ds) == 0:
