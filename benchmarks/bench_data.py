@@ -83,13 +83,39 @@ class MediaSet:
 
 
 @dataclass(frozen=True)
+class Representation:
+    """A shard representation: ``avssl-shards --format F --audio A [--logmel]``."""
+
+    format: str
+    audio: str
+    logmel: bool = False
+
+    @property
+    def name(self) -> str:
+        return f"{self.format}+{self.audio}" + ("+logmel" if self.logmel else "")
+
+    @classmethod
+    def parse(cls, text: str) -> Representation:
+        parts = text.split("+")
+        if len(parts) not in (2, 3) or (len(parts) == 3 and parts[2] != "logmel"):
+            raise argparse.ArgumentTypeError(f"representation {text!r}: expected FORMAT+AUDIO[+logmel], e.g. "
+                                             "jpeg+pcm")
+        return cls(parts[0], parts[1], len(parts) == 3)
+
+
+REPRESENTATIONS = (Representation("h264", "pcm"), Representation("h264_intra", "pcm"),
+                   Representation("jpeg", "pcm"), Representation("jpeg", "flac"),
+                   Representation("jpeg", "pcm", True))
+
+
+@dataclass(frozen=True)
 class Settings:
     mode: str
     media: tuple[MediaSet, ...]
     raw_cases: tuple[tuple[str, int], ...]  # (media set, frame size) read with data=folder
     shard_source: str  # the media set the shards are written from
     shard_sizes: tuple[int, ...]
-    formats: tuple[str, ...] | None  # None: every representation the writer offers
+    representations: tuple[Representation, ...]
     rounds: int
     batches_per_round: int
     workers: tuple[int, ...]
@@ -109,7 +135,7 @@ FULL = Settings(
     raw_cases=(("h264_192x144_25fps", 112), ("h264_640x480_30fps", 112), ("h264_640x480_30fps", 224)),
     shard_source="h264_640x480_30fps",
     shard_sizes=(112, 224),
-    formats=None,
+    representations=REPRESENTATIONS,
     rounds=3,
     batches_per_round=3,
     workers=(1, 2),
@@ -123,7 +149,7 @@ SMALL = Settings(
     raw_cases=(("h264_192x144_25fps", 112), ("h264_640x480_30fps", 112)),
     shard_source="h264_640x480_30fps",
     shard_sizes=(112,),
-    formats=None,
+    representations=REPRESENTATIONS,
     rounds=1,
     batches_per_round=1,
     workers=(1,),
@@ -243,31 +269,25 @@ def data_config(s: Settings, overrides: Sequence[str]) -> dict[str, Any]:
     return data  # type: ignore[return-value]
 
 
-def shard_formats() -> list[str]:
-    """The representations the installed shard writer offers (``ShardWriteConfig.format`` when it has one)."""
-    from avssl.data_tools.shards import ShardWriteConfig
-
-    fields = {f.name for f in dataclasses.fields(ShardWriteConfig)}
-    if "format" not in fields:
-        return ["h264"]
-    from avssl.data_tools import shards as writer
-
-    known = getattr(writer, "FORMATS", None) or ("h264", "h264_intra", "jpeg")
-    return [str(f) for f in known]
+def shards_command(s: Settings, rep: Representation, size: int, manifest: str, out: str) -> list[str]:
+    """The ``avssl-shards`` arguments that write ``rep`` at ``size`` px (the rest from the training config:
+    conf/data/shards.yaml ``data.shards.write``, with the benchmark's fps and mel bins)."""
+    return [manifest, "--out", out, "--format", rep.format, "--audio", rep.audio,
+            "--logmel" if rep.logmel else "--no-logmel", "--size", str(size), "--fps", f"{s.fps:g}",
+            "--samples-per-shard", str(s.samples_per_shard), "--splits", "train",
+            "--config", f"data.fbank.num_mel_bins={s.num_mel_bins}"]
 
 
-def shard_write_config(s: Settings, fmt: str, size: int) -> Any:
-    from avssl.data_tools.shards import ShardWriteConfig
+def write_representation(args: list[str]) -> None:
+    """Run ``avssl-shards`` (its console entry point, in this process, so its CPU time is ours)."""
+    import contextlib
 
-    kw: dict[str, Any] = {"size": size, "fps": s.fps, "samples_per_shard": s.samples_per_shard}
-    fields = {f.name for f in dataclasses.fields(ShardWriteConfig)}
-    if "format" in fields:
-        kw["format"] = fmt
-    elif fmt != "h264":
-        raise ValueError(f"the installed shard writer has no format {fmt!r}")
-    if "gop" in fields:
-        kw["gop"] = int(round(s.fps / 2))  # a keyframe every 0.5 s at the training fps (one segment)
-    return ShardWriteConfig(**kw)
+    from avssl.cli.shards import main as shards_main
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        rc = shards_main(args)
+    if rc != 0:
+        raise RuntimeError(f"avssl-shards {shlex.join(args)} failed with exit status {rc}")
 
 
 # ------------------------------------------------------------------------------------------------ floors
@@ -347,8 +367,10 @@ class RawFloor:
 
 
 class ShardFloor:
-    """The same shard samples' bytes decoded from memory by plain PyAV (MP4 samples) or plain
-    ``torchvision.io.decode_jpeg`` plus the audio (JPEG samples); no crop, no log-mel."""
+    """The same shard samples' bytes decoded from memory by the plainest code: a PyAV H.264 decoder fed the packets
+    of the GOPs that hold the clip's frames (the format stores an elementary stream with its packet table) or one
+    ``torchvision.io.decode_jpeg`` call on the clip's JPEGs; the audio of the clip window (int16 PCM sliced, FLAC
+    decoded whole), or the stored log-mel rows when the sample has one. No crop, no log-mel computed."""
 
     def __init__(self, s: Settings, shard_dir: Path) -> None:
         from avssl.data.shards import ShardIndex, iter_shard_samples
@@ -363,62 +385,66 @@ class ShardFloor:
         self.samples.clear()
 
     def __call__(self, key: str, starts: Sequence[float]) -> None:
-        import av
-
         raw = self.samples[key]
         meta = json.loads(raw["json"])
-        s = self.s
-        rel = [float(t) - float(meta["start"]) for t in starts]
-        dur = s.num_segments * s.segment_duration
-        if "mp4" in raw:
-            with av.open(io.BytesIO(raw["mp4"])) as c:
-                plain_pyav_window(c, rel[0], dur, _window_instants(rel, s), None, int(meta["sample_rate"]))
-            return
-        self._jpeg(raw, meta, rel, dur)
+        vd, ad, md = meta["video"], meta.get("audio"), meta.get("logmel")
+        fps, t0 = float(meta["fps"]), float(meta["start"])
+        slots = np.asarray(vd["index"], np.int64)
+        times = t0 + slots / fps
+        inst = _window_instants(starts, self.s)
+        wanted = sorted({max(0, int(np.searchsorted(times, t + 1e-6, side="right")) - 1) for t in inst})
+        if vd["format"] == "jpeg":
+            _plain_jpeg(raw["mjpeg"], vd["sizes"], wanted)
+        else:
+            _plain_h264(raw["h264"], vd, wanted)
+        dur = self.s.num_segments * self.s.segment_duration
+        if md and "logmel" in raw:
+            per_s = 1000.0 / float(md["fbank"].get("frame_shift_ms", 10.0))
+            f0 = max(0, int((starts[0] - float(ad["start"])) * per_s))
+            mel = np.frombuffer(raw["logmel"], dtype="<f4").reshape(int(md["frames"]), int(md["mels"]))
+            np.array(mel[f0 : f0 + int(dur * per_s)])
+        elif ad:
+            sr, a0 = int(meta["sample_rate"]), float(ad["start"])
+            if ad["codec"] == "pcm":
+                lo = max(0, int(round((starts[0] - a0) * sr)))
+                pcm = np.frombuffer(raw["pcm"], dtype="<i2")[lo : lo + int(round(dur * sr))]
+                pcm.astype(np.float32) / 32768.0
+            else:
+                import av
 
-    def _jpeg(self, raw: dict[str, Any], meta: dict[str, Any], rel: list[float], dur: float) -> None:
-        import torch
-        from torchvision.io import decode_jpeg
-
-        frames = _jpeg_frames(raw, meta)
-        fps = float(meta["fps"])
-        idx = sorted({min(len(frames) - 1, max(0, int(np.floor(t * fps + 1e-6))))
-                      for t in _window_instants(rel, self.s)})
-        decode_jpeg([torch.frombuffer(bytearray(frames[i]), dtype=torch.uint8) for i in idx])
-        _read_audio(raw, meta, rel[0], dur)
-
-
-def _jpeg_frames(raw: dict[str, Any], meta: dict[str, Any]) -> list[bytes]:
-    """The JPEG frames of a JPEG shard sample: one ``<n>.jpg`` member per frame, or a packed ``frames`` blob with
-    byte offsets in the metadata."""
-    named = sorted((k for k in raw if k.endswith("jpg") or k.endswith("jpeg")), key=_frame_number)
-    if named:
-        return [raw[k] for k in named]
-    blob = raw.get("frames") or raw.get("jpgs")
-    offsets = meta.get("frame_offsets") or meta.get("jpeg_offsets")
-    if blob is None or offsets is None:
-        raise KeyError(f"shard sample {raw.get('__key__')}: no JPEG frames found (keys {sorted(raw)})")
-    return [blob[int(a) : int(b)] for a, b in zip(offsets[:-1], offsets[1:])]
+                with av.open(io.BytesIO(raw["flac"]), format="flac") as c:
+                    parts = [fr.to_ndarray() for fr in c.decode(audio=0)]
+                np.concatenate(parts, axis=-1).astype(np.float32) / 32768.0
 
 
-def _frame_number(key: str) -> int:
-    digits = "".join(ch for ch in key.split(".")[0] if ch.isdigit())
-    return int(digits) if digits else 0
+def _plain_jpeg(data: bytes, sizes: Sequence[int], wanted: Sequence[int]) -> None:
+    import torch
+    from torchvision.io import decode_jpeg
+
+    off = np.concatenate([[0], np.cumsum(sizes)])
+    buf = torch.frombuffer(bytearray(data), dtype=torch.uint8)
+    decode_jpeg([buf[int(off[i]) : int(off[i + 1])] for i in wanted])
 
 
-def _read_audio(raw: dict[str, Any], meta: dict[str, Any], start: float, dur: float) -> None:
+def _plain_h264(data: bytes, vd: dict[str, Any], wanted: Sequence[int]) -> None:
     import av
 
-    sr = int(meta["sample_rate"])
-    if "pcm" in raw or "npy" in raw:
-        buf = raw.get("pcm", raw.get("npy"))
-        arr = np.load(io.BytesIO(buf)) if buf[:6] == b"\x93NUMPY" else np.frombuffer(buf, np.int16)
-        lo = max(0, int(round(start * sr)))
-        np.asarray(arr[lo : lo + int(round(dur * sr))], np.float32)
-    elif "flac" in raw:
-        with av.open(io.BytesIO(raw["flac"])) as c:
-            for _ in c.decode(audio=0):
-                pass
+    off = np.concatenate([[0], np.cumsum(vd["sizes"])])
+    pts, keys = vd["pts"], vd["keyframes"]
+    first = max(k for k in keys if pts[k] <= wanted[0])
+    last = max(i for i in range(len(pts)) if pts[i] <= wanted[-1] or i < first)
+    ctx = av.CodecContext.create("h264", "r")
+    ctx.thread_count = 1
+    want = set(wanted)
+    frames = []
+    for i in range(first, last + 1):
+        pkt = av.Packet(data[int(off[i]) : int(off[i + 1])])
+        pkt.pts = pts[i]
+        frames += ctx.decode(pkt)
+    frames += ctx.decode(None)
+    for f in frames:
+        if f.pts in want:
+            f.to_ndarray(format="rgb24")
 
 
 # ------------------------------------------------------------------------------------------------ timing
@@ -519,7 +545,7 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def _load() -> list[float]:
+def load_average() -> list[float]:
     try:
         return [round(x, 2) for x in os.getloadavg()]
     except OSError:
@@ -534,15 +560,36 @@ def _commit() -> dict[str, Any]:
                                                                            "data_tools", "conf", "benchmarks"))}
 
 
-def versions() -> dict[str, Any]:
-    import av
-    import torch
-    import torchvision
+def versions(modules: Sequence[str] = ("torch", "torchvision", "av")) -> dict[str, Any]:
+    """Python, the given modules' versions (None where one is not installed) and avssl's git commit."""
+    import importlib
 
-    import avssl
+    out: dict[str, Any] = {"python": platform.python_version()}
+    for name in modules:
+        try:
+            out[name] = str(importlib.import_module(name).__version__)
+        except ImportError:
+            out[name] = None
+    try:
+        import avssl
 
-    return {"python": platform.python_version(), "torch": torch.__version__, "torchvision": torchvision.__version__,
-            "av": av.__version__, "avssl": getattr(avssl, "__version__", None), "avssl_git": _commit()}
+        out["avssl"] = getattr(avssl, "__version__", None)
+    except ImportError:
+        out["avssl"] = None
+    out["avssl_git"] = _commit()
+    return out
+
+
+def machine_facts(load_before: list[float]) -> dict[str, Any]:
+    """CPU model, cores, platform and the load average before (given) and now."""
+    return {"cpu_model": _cpu_model(), "cores": os.cpu_count() or 0, "load_before": load_before,
+            "load_after": load_average(), "platform": platform.platform()}
+
+
+def command_line(argv: Sequence[str] | None, script: str) -> str:
+    """The command as typed (``python benchmarks/<script> ARGS``)."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    return shlex.join(["python", f"benchmarks/{script}", *args])
 
 
 def _media_facts(m: MediaSet, folder: Path) -> dict[str, Any]:
@@ -576,7 +623,6 @@ def run(s: Settings, cache: Path, work: Path, log: Callable[[str], None]) -> dic
 
     torch.set_num_threads(1)
     from avssl.data.datasets import scan_folder
-    from avssl.data_tools.shards import write_shards
 
     media_dirs = {m.name: ensure_media(cache, m) for m in s.media}
     doc_media = [_media_facts(m, media_dirs[m.name]) for m in s.media]
@@ -598,27 +644,30 @@ def run(s: Settings, cache: Path, work: Path, log: Callable[[str], None]) -> dic
             scaling.append({"case": name, **measure_workers(s, data, w)})
         log(f"{name}: {r['clips_per_cpu_s']:.1f} clips/CPU-s, floor {r['floor_clips_per_cpu_s']:.1f}")
 
-    src = media_dirs[s.shard_source]
-    rows = list(scan_folder(src))
-    formats = list(s.formats) if s.formats is not None else shard_formats()
-    for fmt in formats:
+    from avssl.data.manifest import write_manifest
+
+    manifest = work / "manifest.csv"
+    write_manifest(manifest, scan_folder(media_dirs[s.shard_source]))
+    for rep in s.representations:
         for px in s.shard_sizes:
-            name = f"shards:{fmt}@{px}"
-            out = work / f"shards_{fmt}_{px}"
+            name = f"shards:{rep.name}@{px}"
+            out = work / f"shards_{rep.name}_{px}"
             if out.exists():
                 shutil.rmtree(out)
-            cfg = shard_write_config(s, fmt, px)
+            args = shards_command(s, rep, px, os.fspath(manifest), os.fspath(out))
             log(f"{name}: writing")
-            _, wall, cpu = _timed(write_shards, rows, out, cfg)
+            _, wall, cpu = _timed(write_representation, args)
             nbytes, hours = _shard_facts(out)
-            reps.append({"name": name, "format": fmt, "size": px, "source": s.shard_source,
-                         "write_config": dataclasses.asdict(cfg), "bytes": nbytes, "hours": hours,
-                         "bytes_per_hour": nbytes / hours, "write_wall_s_per_hour": wall / hours,
+            shown = ["avssl-shards", "MANIFEST", "--out", "DIR", *args[3:]]
+            reps.append({"name": name, "format": rep.format, "audio": rep.audio, "logmel": rep.logmel, "size": px,
+                         "source": s.shard_source, "command": shlex.join(shown),
+                         "write_config": json.loads((out / "index.json").read_text())["config"], "bytes": nbytes,
+                         "hours": hours, "bytes_per_hour": nbytes / hours, "write_wall_s_per_hour": wall / hours,
                          "write_cpu_s_per_hour": cpu / hours})
             log(f"{name}: measuring")
             data = data_config(s, ["data=shards", f"data.path={out}", f"data.frame_size={px}"])
             r = measure_case(s, data, ShardFloor(s, out), "key")
-            throughput.append({"case": name, "source": "shards", "media": s.shard_source, "format": fmt,
+            throughput.append({"case": name, "source": "shards", "media": s.shard_source, "format": rep.name,
                                "size": px, **r})
             for w in s.workers:
                 scaling.append({"case": name, **measure_workers(s, data, w)})
@@ -643,7 +692,8 @@ MACHINE_KEYS: dict[str, Any] = {"cpu_model": str, "cores": int, "load_before": l
 VERSION_KEYS: dict[str, Any] = {"python": str, "torch": str, "torchvision": str, "av": str, "avssl_git": dict}
 MEDIA_KEYS: dict[str, Any] = {"name": str, "width": int, "height": int, "fps": int, "files": int, "duration": _NUM,
                               "bytes": int, "hours": _NUM, "bytes_per_hour": _NUM}
-REP_KEYS: dict[str, Any] = {"name": str, "format": str, "size": int, "source": str, "bytes": int, "hours": _NUM,
+REP_KEYS: dict[str, Any] = {"name": str, "format": str, "audio": str, "logmel": bool, "size": int, "source": str,
+                            "command": str, "write_config": dict, "bytes": int, "hours": _NUM,
                             "bytes_per_hour": _NUM, "write_wall_s_per_hour": _NUM, "write_cpu_s_per_hour": _NUM}
 THROUGHPUT_KEYS: dict[str, Any] = {"case": str, "source": str, "media": str, "format": str, "size": int,
                                    "clips_per_s": _NUM, "clips_per_cpu_s": _NUM, "floor_clips_per_s": _NUM,
@@ -659,7 +709,7 @@ def _check(obj: Any, keys: dict[str, Any], where: str, problems: list[str]) -> N
     for k, t in keys.items():
         if k not in obj:
             problems.append(f"{where}: missing {k!r}")
-        elif isinstance(obj[k], bool) or not isinstance(obj[k], t):
+        elif (isinstance(obj[k], bool) and t is not bool) or not isinstance(obj[k], t):
             problems.append(f"{where}.{k}: {type(obj[k]).__name__}, expected {t}")
         elif isinstance(obj[k], float) and not np.isfinite(obj[k]):
             problems.append(f"{where}.{k}: not finite")
@@ -708,20 +758,22 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--out", default=None, help="JSON path (default: benchmarks/results/bench_data_<UTC>.json; "
                                                 "--small: a temp folder)")
     ap.add_argument("--cache", default=None, help="generated media (default: $AVSSL_CACHE/bench_data)")
-    ap.add_argument("--formats", nargs="+", default=None, help="shard representations (default: all)")
+    ap.add_argument("--representations", nargs="+", type=Representation.parse, default=None,
+                    help="shard representations FORMAT+AUDIO[+logmel] (default: " +
+                         " ".join(r.name for r in REPRESENTATIONS) + ")")
     ap.add_argument("--workers", type=int, nargs="+", default=None, help="DataLoader workers to time (1 2; 16 on "
                                                                           "a 16-core host)")
     ap.add_argument("--rounds", type=int, default=None)
     args = ap.parse_args(argv)
     s = SMALL if args.small else FULL
-    if args.formats:
-        s = dataclasses.replace(s, formats=tuple(args.formats))
+    if args.representations:
+        s = dataclasses.replace(s, representations=tuple(args.representations))
     if args.workers:
         s = dataclasses.replace(s, workers=tuple(args.workers))
     if args.rounds:
         s = dataclasses.replace(s, rounds=args.rounds)
     t0 = time.perf_counter()
-    load_before = _load()
+    load_before = load_average()
     started = datetime.now(timezone.utc)
     with tempfile.TemporaryDirectory(prefix="avssl_bench_") as tmp:
         cache = Path(args.cache) if args.cache else (Path(tmp) / "cache" if args.small else default_cache())
@@ -732,13 +784,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         body = run(s, cache, Path(tmp), log)
         doc = {
             "schema": SCHEMA, "schema_version": SCHEMA_VERSION, "date": started.isoformat(timespec="seconds"),
-            "command": shlex.join(["python", *([os.path.relpath(sys.argv[0], REPO)] if argv is None else
-                                               ["benchmarks/bench_data.py"]), *(sys.argv[1:] if argv is None
-                                                                               else argv)]),
-            "cwd": os.getcwd(), "mode": s.mode,
-            "machine": {"cpu_model": _cpu_model(), "cores": os.cpu_count() or 0, "load_before": load_before,
-                        "load_after": _load(), "platform": platform.platform()},
-            "versions": versions(), "settings": settings_dict(s), **body,
+            "command": command_line(argv, "bench_data.py"), "cwd": os.getcwd(), "mode": s.mode,
+            "machine": machine_facts(load_before), "versions": versions(), "settings": settings_dict(s), **body,
             "elapsed_s": time.perf_counter() - t0,
         }
         problems = validate_result(doc)
