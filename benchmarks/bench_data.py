@@ -131,7 +131,7 @@ class Settings:
 FULL = Settings(
     mode="full",
     media=(MediaSet("h264_192x144_25fps", 192, 144, 25, 1.0, 22050, 1, 8, 30.0, 1),
-           MediaSet("h264_640x480_30fps", 640, 480, 30, 2.0, 48000, 2, 12, 40.0, 2)),
+           MediaSet("h264_640x480_30fps", 640, 480, 30, 2.0, 48000, 2, 8, 30.0, 2)),
     raw_cases=(("h264_192x144_25fps", 112), ("h264_640x480_30fps", 112), ("h264_640x480_30fps", 224)),
     shard_source="h264_640x480_30fps",
     shard_sizes=(112, 224),
