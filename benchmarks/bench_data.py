@@ -126,6 +126,7 @@ class Settings:
     fps: float = 8.0
     num_mel_bins: int = 128
     samples_per_shard: int = 8
+    shard_repeats: int = 1  # the shard manifest lists each recording this many times (more samples per epoch)
 
 
 FULL = Settings(
@@ -136,10 +137,11 @@ FULL = Settings(
     shard_source="h264_640x480_30fps",
     shard_sizes=(112, 224),
     representations=REPRESENTATIONS,
-    rounds=3,
+    rounds=5,
     batches_per_round=3,
     workers=(1, 2),
     scaling_batches=6,
+    shard_repeats=3,  # 72 samples: 9 batches per epoch, so the worker runs stay inside one epoch
 )
 
 SMALL = Settings(
@@ -574,6 +576,7 @@ def versions(modules: Sequence[str] = ("torch", "torchvision", "av")) -> dict[st
         import avssl
 
         out["avssl"] = getattr(avssl, "__version__", None)
+        out["avssl_file"] = os.path.dirname(avssl.__file__ or "")  # which installed copy ran
     except ImportError:
         out["avssl"] = None
     out["avssl_git"] = _commit()
@@ -618,7 +621,8 @@ def _shard_facts(shard_dir: Path) -> tuple[int, float]:
 # ------------------------------------------------------------------------------------------------ the run
 
 
-def run(s: Settings, cache: Path, work: Path, log: Callable[[str], None]) -> dict[str, Any]:
+def run(s: Settings, cache: Path, work: Path, log: Callable[[str], None],
+        sources: Sequence[str] = ("folder", "shards")) -> dict[str, Any]:
     import torch
 
     torch.set_num_threads(1)
@@ -633,7 +637,7 @@ def run(s: Settings, cache: Path, work: Path, log: Callable[[str], None]) -> dic
     def raw_name(m: str, px: int) -> str:
         return f"folder:{m}@{px}"
 
-    for mname, px in s.raw_cases:
+    for mname, px in s.raw_cases if "folder" in sources else ():
         name = raw_name(mname, px)
         log(f"{name}: measuring")
         data = data_config(s, ["data=folder", f"data.path={media_dirs[mname]}", f"data.frame_size={px}"])
@@ -647,8 +651,8 @@ def run(s: Settings, cache: Path, work: Path, log: Callable[[str], None]) -> dic
     from avssl.data.manifest import write_manifest
 
     manifest = work / "manifest.csv"
-    write_manifest(manifest, scan_folder(media_dirs[s.shard_source]))
-    for rep in s.representations:
+    write_manifest(manifest, list(scan_folder(media_dirs[s.shard_source])) * s.shard_repeats)
+    for rep in s.representations if "shards" in sources else ():
         for px in s.shard_sizes:
             name = f"shards:{rep.name}@{px}"
             out = work / f"shards_{rep.name}_{px}"
@@ -764,6 +768,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--workers", type=int, nargs="+", default=None, help="DataLoader workers to time (1 2; 16 on "
                                                                           "a 16-core host)")
     ap.add_argument("--rounds", type=int, default=None)
+    ap.add_argument("--sources", nargs="+", choices=("folder", "shards"), default=["folder", "shards"])
+    ap.add_argument("--tag", default=None, help="label a side run (e.g. an older avssl on PYTHONPATH); the report "
+                                                 "takes its main tables from untagged runs only")
     args = ap.parse_args(argv)
     s = SMALL if args.small else FULL
     if args.representations:
@@ -781,10 +788,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         def log(msg: str) -> None:
             print(f"[{time.perf_counter() - t0:6.1f} s] {msg}", flush=True)
 
-        body = run(s, cache, Path(tmp), log)
+        body = run(s, cache, Path(tmp), log, args.sources)
         doc = {
             "schema": SCHEMA, "schema_version": SCHEMA_VERSION, "date": started.isoformat(timespec="seconds"),
-            "command": command_line(argv, "bench_data.py"), "cwd": os.getcwd(), "mode": s.mode,
+            "command": command_line(argv, "bench_data.py"), "cwd": os.getcwd(), "mode": s.mode, "tag": args.tag,
+            "environment": {k: os.environ[k] for k in ("PYTHONPATH", "OMP_NUM_THREADS") if k in os.environ},
             "machine": machine_facts(load_before), "versions": versions(), "settings": settings_dict(s), **body,
             "elapsed_s": time.perf_counter() - t0,
         }

@@ -104,10 +104,11 @@ def test_schema_check_names_each_problem(saved_data: tuple[Path, dict[str, Any]]
 
 def test_docs_are_generated_from_the_saved_results() -> None:
     """docs/benchmarks.md holds exactly what benchmarks/report.py makes from the committed JSON."""
-    text = report.DOC.read_text()
-    rendered, data_doc = report.render(text, RESULTS)
+    text, stext = report.DOC.read_text(), report.SCALING_DOC.read_text()
+    rendered, data_doc, srendered = report.render(text, RESULTS, stext)
     assert data_doc is not None
     assert rendered == text, "docs/benchmarks.md is out of step with benchmarks/results: run benchmarks/report.py"
+    assert srendered == stext, "docs/scaling.md is out of step with benchmarks/results: run benchmarks/report.py"
     assert report.PLOT.is_file()
 
 
