@@ -70,7 +70,6 @@ class ShardsConfig:
     even: str = "drop"  # keep ranks even: drop | pad | none (none: exactly once, ranks may differ)
     shuffle_buffer: int = 256  # samples in each worker's shuffle buffer
     decode_device: str = "auto"  # JPEG frames: auto | cpu (in the workers) | cuda (batched, in the main process)
-    use_logmel: bool = True  # use a stored log-mel when its settings equal data.fbank
     write: ShardWriteSettings = field(default_factory=ShardWriteSettings)  # avssl-shards defaults
 
 

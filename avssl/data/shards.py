@@ -569,8 +569,11 @@ class ShardedClipDataset(IterableDataset[dict[str, Any]]):
             jpegs = jpeg_tensors(raw[member], vd, [int(i) for i in need])
             return self._finish(meta, SegmentCut(torch.zeros(0), video_valid, seg_wave, seg_valid), v_starts, cycle,
                                 mel, (jpegs, pos, int(vd["height"]), int(vd["width"])))
-        frames = torch.from_numpy(decode_frames(raw[member], vd, [int(i) for i in need]))
-        cut = SegmentCut(frames[pos], video_valid, seg_wave, seg_valid)
+        if vd["format"] == "jpeg":
+            clip = clip_frames(decode_jpegs(jpeg_tensors(raw[member], vd, [int(i) for i in need])), pos)
+        else:
+            clip = torch.from_numpy(decode_frames(raw[member], vd, [int(i) for i in need]))[pos]
+        cut = SegmentCut(clip, video_valid, seg_wave, seg_valid)
         return self._finish(meta, cut, v_starts, cycle, mel, None)
 
     def _cut_v1(self, raw: dict[str, Any], meta: dict[str, Any], cycle: int
@@ -675,14 +678,22 @@ class ShardedClipDataset(IterableDataset[dict[str, Any]]):
             raise ShardError(f"shard samples {list(batch.get('key', []))}: {e}") from e
         out, i = [], 0
         for b, g in enumerate(groups):
-            frames = torch.stack(images[i : i + len(g)]).permute(0, 2, 3, 1)  # [U, H, W, 3]
+            clip = clip_frames(images[i : i + len(g)], batch["video_pos"][b])
             i += len(g)
             top, left, h, w, flip = (int(x) for x in batch["video_crop"][b])
-            clip = frames[batch["video_pos"][b].to(frames.device)]  # [S, T, H, W, 3]
             out.append(tf(clip, params=CropParams(top, left, h, w, bool(flip))).float())
         batch["video"] = torch.stack(out)
         del batch["video_pos"], batch["video_crop"]
         return batch
+
+
+def clip_frames(images: Sequence[torch.Tensor], pos: torch.Tensor) -> torch.Tensor:
+    """Decoded RGB images ``[3, H, W]`` and a clip's frame map ``pos`` ``[S, T]`` (indices into ``images``) ->
+    uint8 ``[S, T, H, W, 3]`` (a view of one contiguous ``[S, T, 3, H, W]`` copy, the layout the transform
+    resizes fastest), on the images' device."""
+    s, t = pos.shape
+    flat = torch.stack([images[int(i)] for i in pos.reshape(-1).tolist()])
+    return flat.view(s, t, *flat.shape[1:]).permute(0, 1, 3, 4, 2)
 
 
 def _version(meta: dict[str, Any]) -> int:

@@ -300,7 +300,7 @@ class AVDataModule(pl.LightningDataModule):
             batch_size=int(c["batch_size"] if train else c["val_batch_size"]), num_workers=int(c["num_workers"]),
             even=sh.get("even", "drop") if train else "none", shuffle=train,
             shuffle_buffer=int(sh.get("shuffle_buffer", 256)), seed=self.seed, label_column=c.get("label_column"),
-            defer_video=self._decode_on_device(index), use_logmel=bool(sh.get("use_logmel", True)))
+            defer_video=self._decode_on_device(index))
 
     def _decode_on_device(self, index: Any) -> bool:
         """``data.shards.decode_device``: True when JPEG frames are decoded in the main process on the training
@@ -314,7 +314,10 @@ class AVDataModule(pl.LightningDataModule):
         if mode == "cuda" and index.config.get("format") != "jpeg":
             raise ValueError(f"data.shards.decode_device=cuda needs jpeg shards; {index.source} holds "
                              f"{index.config.get('format', 'h264 (format version 1)')!r} (use auto or cpu)")
-        return mode == "cuda" or (mode == "auto" and device.type == "cuda" and index.config.get("format") == "jpeg")
+        defer = mode == "cuda" or (mode == "auto" and device.type == "cuda" and index.config.get("format") == "jpeg")
+        log.info("shards: %s frames decoded %s (data.shards.decode_device=%s)", index.config.get("format", "h264"),
+                 f"in the main process on {device}, one batched call per batch" if defer else "in the workers", mode)
+        return defer
 
     def _device(self) -> torch.device:
         trainer = self.trainer

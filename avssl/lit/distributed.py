@@ -346,7 +346,7 @@ class ExactResumeCallback(Callback):
 
 # data settings that may change between a run and its resume: they do not change what is trained on
 RESUME_FREE_DATA_KEYS = ("num_workers", "pin_memory", "persistent_workers", "path", "demo.cache_dir",
-                         "shards.url_template")
+                         "shards.url_template", "shards.decode_device", "shards.write")
 
 
 def _flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
