@@ -3,6 +3,7 @@
     python benchmarks/bench_raw_decode.py folder [--dir DIR] [--batches 24] [--override data.decode_size=null]
     python benchmarks/bench_raw_decode.py window [--dir DIR] [--windows 120] [--size 112]
     python benchmarks/bench_raw_decode.py decode-size [--dir DIR] [--batches 12]
+    python benchmarks/bench_raw_decode.py table --json benchmarks/results/raw_decode.jsonl
 
 Media: 640x480 25 fps H.264 (2 s GOP) + AAC 16 kHz recordings made with the tests' generator
 (``tests/mediagen.py``), 12 files of 12 s (a quarter held out for validation), cached in ``--dir`` (default ``/tmp/avssl_bench_raw``).
@@ -15,9 +16,12 @@ Media: 640x480 25 fps H.264 (2 s GOP) + AAC 16 kHz recordings made with the test
   ``read_av_window`` (a fresh open per window) and by ``MediaReader.read`` (kept open), each interleaved window
   by window with plain PyAV doing the same work on the same window (the same seeks, frames, swscale resize to
   RGB and audio resampling; a fresh ``av.open`` per window, FFmpeg's default threads, for the first pair; one
-  decoder thread for the second).
+  decoder thread for the second; the third as the second with every picture decoded, ``_pyav.SKIP_UNSHOWN =
+  False``, like for like with plain PyAV; the fourth as the third against a plain PyAV that also reuses one
+  scaler writing planar RGB, so that only avssl's bookkeeping differs).
   Prints the ratios (plain time / avssl time: 1.0 = no overhead), by wall time and by process CPU time.
 - ``decode-size``: ``data.decode_size=auto`` and ``null`` interleaved batch by batch in one process.
+- ``table``: the Markdown table of docs/decoders.md from the JSON lines saved with ``--json``.
 
 The machine is shared and noisy: compare ratios measured in one process, and give ``uptime``'s load with them.
 Each figure is given by wall time and by this process's CPU time (``time.process_time``), which a loaded machine
@@ -68,7 +72,8 @@ def versions() -> dict[str, Any]:
     return {"avssl_file": os.path.dirname(avssl.__file__), "av": av.__version__,
             "libavcodec": ".".join(map(str, av.library_versions["libavcodec"])), "torch": torch.__version__,
             "python": platform.python_version(), "machine": platform.machine(),
-            "load_avg": [round(x, 2) for x in os.getloadavg()]}
+            "load_avg": [round(x, 2) for x in os.getloadavg()],
+            "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
 
 
 # --------------------------------------------------------------------------------------------- folder clips/s
@@ -148,9 +153,11 @@ def bench_decode_size(args: argparse.Namespace) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------------ read_av_window vs PyAV
-def plain_pyav(container: Any, start: float, size: int) -> tuple[np.ndarray, np.ndarray]:
+def plain_pyav(container: Any, start: float, size: int, reformatter: Any = None) -> tuple[np.ndarray, np.ndarray]:
     """Plain PyAV: seek to the keyframe before the window, decode, keep the frame on screen at each target,
-    swscale each kept frame to ``size`` short side in RGB; audio sought 0.5 s early, resampled, placed by pts."""
+    swscale each kept frame to ``size`` short side in RGB (``frame.reformat(format="rgb24")``, as
+    benchmarks/bench_media.py's floor; with ``reformatter``: one reused scaler writing planar RGB, what avssl does
+    since issue 13); audio sought 0.5 s early, resampled, placed by pts."""
     vs, ast = container.streams.video[0], container.streams.audio[0]
     origin = Fraction(container.start_time or 0, av.time_base)
     targets = start + np.arange(int(WIN * FPS)) / FPS
@@ -168,8 +175,12 @@ def plain_pyav(container: Any, start: float, size: int) -> tuple[np.ndarray, np.
         chosen.append(last)
         k += 1
     h, w = size, int(round(vs.codec_context.width * size / vs.codec_context.height))
-    frames = np.stack([f.reformat(width=w, height=h, format="rgb24", interpolation="BILINEAR").to_ndarray()
-                       for f in chosen])
+    if reformatter is None:
+        frames = np.stack([f.reformat(width=w, height=h, format="rgb24", interpolation="BILINEAR").to_ndarray()
+                           for f in chosen])
+    else:
+        frames = np.stack([reformatter.reformat(f, width=w, height=h, format="gbrp", interpolation="BILINEAR")
+                           .to_ndarray() for f in chosen])
     container.seek(int((max(start - 0.5, 0) + origin) / ast.time_base), stream=ast, backward=True)
     rs = av.AudioResampler(format="fltp", layout="mono", rate=SR)
     buf = np.zeros(int(WIN * SR), np.float32)
@@ -186,6 +197,7 @@ def plain_pyav(container: Any, start: float, size: int) -> tuple[np.ndarray, np.
 
 
 def bench_window(args: argparse.Namespace) -> dict[str, Any]:
+    from avssl.data import _pyav
     from avssl.data.media import MediaReader, read_av_window
 
     torch.set_num_threads(1)
@@ -215,11 +227,25 @@ def bench_window(args: argparse.Namespace) -> dict[str, Any]:
     def plain_open(p: str, s: float) -> None:
         plain_pyav(conts[p], s, args.size)
 
+    rf = av.video.reformatter.VideoReformatter()
+
+    def plain_open_same_scaler(p: str, s: float) -> None:  # the tighter floor: avssl's own conversion
+        plain_pyav(conts[p], s, args.size, rf)
+
     def avssl_open(p: str, s: float) -> None:
         readers[p].read(s, WIN, fps=FPS, size=args.size, sample_rate=SR)
 
+    def avssl_open_decode_all(p: str, s: float) -> None:  # like for like: every picture decoded, as plain PyAV
+        _pyav.SKIP_UNSHOWN = False
+        try:
+            readers[p].read(s, WIN, fps=FPS, size=args.size, sample_rate=SR)
+        finally:
+            _pyav.SKIP_UNSHOWN = True
+
     # interleaved window by window, alternating which goes first; wall and process CPU time
-    for name, pair in (("reopen", (plain_reopen, avssl_reopen)), ("kept_open", (plain_open, avssl_open))):
+    for name, pair in (("reopen", (plain_reopen, avssl_reopen)), ("kept_open", (plain_open, avssl_open)),
+                       ("kept_open_decode_all", (plain_open, avssl_open_decode_all)),
+                       ("tight_floor_decode_all", (plain_open_same_scaler, avssl_open_decode_all))):
         wall, cpu = [0.0, 0.0], [0.0, 0.0]
         for i, (p, s) in enumerate(jobs):
             for which in ((0, 1) if i % 2 == 0 else (1, 0)):
@@ -237,9 +263,46 @@ def bench_window(args: argparse.Namespace) -> dict[str, Any]:
     return {**out, **versions()}
 
 
+def table(path: str) -> str:
+    """The Markdown table of docs/decoders.md from the saved JSON lines (medians over runs of each code)."""
+    rows = [json.loads(line) for line in open(path) if line.strip()]
+
+    def med(xs: list[float]) -> float:
+        return float(np.median(xs)) if xs else float("nan")
+
+    def who(r: dict[str, Any]) -> str:
+        return "after" if "site-packages" in r["avssl_file"] else "before"
+
+    out = ["| measure | before (main 5e1f92d) | after | after / before |", "| --- | --- | --- | --- |"]
+    for key, label in (("clips_per_s", "`data=folder` clips/s (wall)"),
+                       ("clips_per_cpu_s", "`data=folder` clips per CPU-second")):
+        b = med([r[key] for r in rows if r["mode"] == "folder" and who(r) == "before"])
+        a = med([r[key] for r in rows if r["mode"] == "folder" and who(r) == "after"])
+        out.append(f"| {label} | {b:.1f} | {a:.1f} | {a / b:.2f}x |")
+    for size in sorted({r["size"] for r in rows if r["mode"] == "window"}):
+        for pair, label in (("reopen", "read_av_window / plain PyAV, reopening"),
+                            ("kept_open", "MediaReader.read / plain PyAV, kept open"),
+                            ("tight_floor_decode_all", "MediaReader.read (decode all) / plain PyAV with its scaler")):
+            vals = {w: med([r[pair]["ratio_cpu"] for r in rows if r["mode"] == "window" and r["size"] == size
+                            and who(r) == w]) for w in ("before", "after")}
+            out.append(f"| {label}, {size} px (CPU time ratio) | {vals['before']:.3f} | {vals['after']:.3f} | |")
+    for r in rows:
+        if r["mode"] == "decode-size":
+            c, w = r["clips_per_cpu_s"], r["clips_per_s"]
+            out.append(f"| in one process: decode_size auto / null, clips/s wall (CPU) | {w['null']:.1f} "
+                       f"({c['null']:.1f}) | {w['auto']:.1f} ({c['auto']:.1f}) | {r['auto_over_null']:.2f}x "
+                       f"({r['auto_over_null_cpu']:.2f}x) |")
+    loads = [r["load_avg"][0] for r in rows]
+    dates = sorted(r["date"] for r in rows if "date" in r)
+    when = f", {dates[0]} to {dates[-1]}" if dates else ""
+    out.append(f"\nLoad average (1 min) at the end of the runs: {min(loads):.1f}-{max(loads):.1f} on "
+               f"{os.cpu_count()} cores; {len(rows)} runs{when}.")
+    return "\n".join(out)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("mode", choices=["folder", "window", "decode-size"])
+    ap.add_argument("mode", choices=["folder", "window", "decode-size", "table"])
     ap.add_argument("--dir", default="/tmp/avssl_bench_raw", help="the generated media (made once)")
     ap.add_argument("--batches", type=int, default=24)
     ap.add_argument("--windows", type=int, default=120)
@@ -247,6 +310,9 @@ def main() -> None:
     ap.add_argument("--override", action="append", default=[], help="a config override (repeatable)")
     ap.add_argument("--json", default=None, help="also append the result to this JSON-lines file")
     args = ap.parse_args()
+    if args.mode == "table":
+        print(table(args.json))
+        return
     fn = {"folder": bench_folder, "window": bench_window, "decode-size": bench_decode_size}[args.mode]
     res = fn(args)
     line = json.dumps(res)

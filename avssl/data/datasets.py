@@ -39,13 +39,14 @@ from avssl.data.sampling import (
     video_id,
 )
 from avssl.data.sources import MEDIA_EXTENSIONS, find_media
-from avssl.data.transforms import SpecAugment, VideoTransform
+from avssl.data.transforms import CropParams, SpecAugment, VideoTransform
 from avssl.data.types import AVWindow, MediaInfo
 
 log = logging.getLogger(__name__)
 
 VIDEO_EXTENSIONS = MEDIA_EXTENSIONS  # the one list (avssl.data.sources); this name is kept as an alias
 _MIN_TRIED = 20  # the bad fraction is judged over at least this many items (or all of them if fewer)
+MAX_PROBE_RESULTS = 4096  # probe results kept per process (a few KB each), most recently used
 
 Mode = Literal["random", "uniform", "center"]
 
@@ -134,7 +135,8 @@ class AVClipDataset(Dataset[dict[str, Any]]):
         self.label_column, self.allow_missing_audio = label_column, allow_missing_audio
         self.max_bad_fraction = max_bad_fraction
         # Open containers kept per process (hour-long files cost ~80 ms to open; docs/benchmarks.md), LRU-bounded;
-        # probe results kept for every file seen, so a file reopened after eviction is not probed again.
+        # probe results kept for the last MAX_PROBE_RESULTS files, so a file reopened after eviction is not probed
+        # again.
         # ``decode_size`` scales the short side inside the decoder (swscale, before RGB), ahead of the video
         # transform: an int, None (full size) or "auto" (``avssl.data.preprocess.decode_size`` of the transform,
         # per file).
@@ -257,17 +259,34 @@ class AVClipDataset(Dataset[dict[str, Any]]):
         state["_readers"] = OrderedDict()
         return state
 
+    def _display_hw(self, info: MediaInfo | None, row_index: int) -> tuple[int, int] | None:
+        """(H, W) of this row's full-size pictures as the video transform receives them (displayed, corrected)."""
+        v = info.video if info is not None else None
+        if v is None or not v.width or not v.height:
+            return None
+        h, w = (v.width, v.height) if v.rotation in (90, 270) else (v.height, v.width)
+        return (w, h) if self._orient[row_index].swaps_axes else (h, w)
+
     def _decode_size(self, reader: MediaReader, row_index: int) -> int | None:
         """The short side frames of this row are decoded at (``decode_size``, resolved for ``auto``)."""
         if self.decode_size != "auto":
             return self.decode_size  # type: ignore[return-value]
-        v = reader.info.video
-        if v is None or not v.width or not v.height:
-            return None
-        h, w = (v.width, v.height) if v.rotation in (90, 270) else (v.height, v.width)
-        if self._orient[row_index].swaps_axes:
-            h, w = w, h
-        return auto_decode_size(self.video_transform, h, w)
+        hw = self._display_hw(reader.info, row_index)
+        return None if hw is None else auto_decode_size(self.video_transform, *hw)
+
+    def _view(self, transform: VideoTransform, frames: torch.Tensor, full_hw: tuple[int, int] | None,
+              gen: torch.Generator) -> CropParams:
+        """The clip's crop/flip, drawn for the full-size picture and mapped onto the decoded one: the same view
+        (within rounding) and the same random draws whatever ``decode_size`` is."""
+        h, w = int(frames.shape[-3]), int(frames.shape[-2])
+        fh, fw = full_hw if full_hw is not None else (h, w)
+        p = transform.sample_params(fh, fw, gen)
+        if (fh, fw) == (h, w):
+            return p
+        sy, sx = h / fh, w / fw
+        ph, pw = min(h, max(1, round(p.height * sy))), min(w, max(1, round(p.width * sx)))
+        top, left = min(round(p.top * sy), h - ph), min(round(p.left * sx), w - pw)
+        return CropParams(top, left, ph, pw, p.flip)
 
     def read_window(self, index: int) -> tuple[AVWindow, list[float], list[float]]:
         """Decode the one window item ``index`` needs; also returns its video and audio segment starts.
@@ -291,7 +310,10 @@ class AVClipDataset(Dataset[dict[str, Any]]):
             self._infos.pop(row.path, None)
             reader.close()
             raise
-        self._infos[row.path] = reader.info
+        self._infos.pop(row.path, None)
+        self._infos[row.path] = reader.info  # most recently used last
+        if len(self._infos) > MAX_PROBE_RESULTS:
+            del self._infos[next(iter(self._infos))]
         if self.max_open_files == 0:
             reader.close()
         return win, v_starts, a_starts
@@ -310,13 +332,16 @@ class AVClipDataset(Dataset[dict[str, Any]]):
         return SegmentCut(frames, frames_valid, wave, mask), v_starts, a_starts
 
     def _load(self, index: int) -> dict[str, Any]:
-        row = self.rows[self._items[index][0]]
+        row_index = self._items[index][0]
+        row = self.rows[row_index]
         cut, v_starts, _ = self.read_clip(index)
         gen = self._generator("view", index)
         sample: dict[str, Any] = {}
         if "video" in self.modalities:
             if isinstance(self.video_transform, VideoTransform):  # one crop/flip shared by all S segments
-                video = self.video_transform(cut.frames, generator=gen)
+                full_hw = self._display_hw(self._infos.get(row.path), row_index)
+                view = self._view(self.video_transform, cut.frames, full_hw, gen)
+                video = self.video_transform(cut.frames, params=view)
             else:
                 video = self.video_transform(cut.frames)
             sample["video"], sample["video_valid"] = video.float(), cut.frames_valid
