@@ -558,8 +558,8 @@ def _commit() -> dict[str, Any]:
     def git(*a: str) -> str:
         return subprocess.run(["git", "-C", str(REPO), *a], capture_output=True, text=True, check=False).stdout.strip()
 
-    return {"commit": git("rev-parse", "HEAD") or None, "dirty": bool(git("status", "--porcelain", "--", "avssl",
-                                                                           "data_tools", "conf", "benchmarks"))}
+    code = ("avssl", "data_tools", "conf", "benchmarks", ":!benchmarks/results")  # outputs are not code
+    return {"commit": git("rev-parse", "HEAD") or None, "dirty": bool(git("status", "--porcelain", "--", *code))}
 
 
 def versions(modules: Sequence[str] = ("torch", "torchvision", "av")) -> dict[str, Any]:
