@@ -1,10 +1,16 @@
 """Training throughput: samples/s, step time split into data wait and compute, peak memory, and (on CUDA) model
 FLOPs utilisation against the device's dense bf16 peak.
 
-Examples (results go to docs/benchmarks.md):
+Every run writes its JSON (machine, load average before and after, versions, date, the exact command and every
+figure) to benchmarks/results/train_throughput_<UTC time>.json (or ``--json PATH``); benchmarks/report.py makes
+the table of docs/benchmarks.md from the newest one.
 
-    # CPU, the demo's tiny CNN pair, real decoding from the demo files, 0/1/2 DataLoader workers, a plot:
-    python benchmarks/train_throughput.py --workers 0 1 2 --steps 20 --plot docs/throughput_vs_workers.png
+Examples:
+
+    # CPU, the demo's tiny CNN pair: compute alone on a fixed synthetic batch, then real decoding from the demo
+    # files with 0/1/2 DataLoader workers (the docs/benchmarks.md table), and a plot:
+    python benchmarks/train_throughput.py --also-synthetic --workers 0 1 2 --steps 10 --warmup 2 \
+        --plot docs/throughput_vs_workers.png
     # one GPU, ViT-B video + ViT-B audio in bf16 on synthetic batches (compute only) and on shards:
     python benchmarks/train_throughput.py --preset vitb --device cuda --batch 32 --synthetic --steps 30
     python benchmarks/train_throughput.py --preset vitb --device cuda --batch 32 --data shards --shards DIR
@@ -18,31 +24,33 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
+import os
 import resource
 import statistics
+import sys
 import time
+from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 
 import torch
 from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 from torch.utils.data import DataLoader
-from torch.utils.flop_counter import FlopCounterMode
 
 from avssl.lit.datamodule import AVDataModule, preprocessing_from_data
 from avssl.objectives.build import build_pretrain_model
 
-# Dense bf16 peak (no sparsity), TFLOP/s, by substring of torch.cuda.get_device_name().
-BF16_PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0, "A10G": 125.0, "L4": 121.0}
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_data import RESULTS_DIR, command_line, load_average, machine_facts, versions  # noqa: E402
+from gpu_check import PRESETS as GPU_PRESETS  # noqa: E402  (one copy of each, shared with the device check)
+from gpu_check import peak_tflops, step_flops, synthetic_batch  # noqa: E402
 
 PRESETS = {
     # the demo's default pair (conf/model/cnn.yaml) at the demo's data settings
     "tiny": [],
-    # ViT-B pair at anchor-like sizes: 16 frames at 224 px (VideoMAE), 1 s segments of 128-bin log-mel
-    "vitb": ["model=vit", "model.video.name=vit_video_base", "model.audio.name=vit_audio_base",
-             "data.frame_size=224", "data.fps=16", "data.segment_duration=1.0", "data.num_segments=2",
-             "data.fbank.num_mel_bins=128"],
+    # ViT-B pair at anchor-like sizes (benchmarks/gpu_check.py's preset): 16 frames at 224 px, 128-bin log-mel
+    "vitb": GPU_PRESETS["vitb"],
 }
 
 
@@ -52,31 +60,6 @@ def compose_cfg(preset: str, extra: list[str]) -> dict[str, Any]:
     out = OmegaConf.to_container(cfg, resolve=True)
     assert isinstance(out, dict)
     return out  # type: ignore[return-value]
-
-
-def synthetic_batch(pre: dict[str, Any], batch: int, segments: int) -> dict[str, torch.Tensor]:
-    g = torch.Generator().manual_seed(0)
-    return {
-        "video": torch.randn(batch, segments, *pre["video_input_shape"], generator=g),
-        "audio": torch.randn(batch, segments, *pre["audio_input_shape"], generator=g),
-    }
-
-
-def peak_tflops(device: torch.device) -> float | None:
-    if device.type != "cuda":
-        return None
-    name = torch.cuda.get_device_name(device)
-    return next((v for k, v in BF16_PEAK_TFLOPS.items() if k in name), None)
-
-
-def step_flops(model: torch.nn.Module, batch: dict[str, torch.Tensor], autocast: Any) -> int:
-    """FLOPs of one forward + backward (torch's FLOP counter: matmuls and convolutions)."""
-    counter = FlopCounterMode(display=False)
-    with counter, autocast:
-        out = model(batch)
-        out.loss.backward()
-    model.zero_grad(set_to_none=True)
-    return int(counter.get_total_flops())
 
 
 def run(cfg: dict[str, Any], *, steps: int, warmup: int, workers: int, device: torch.device, synthetic: bool,
@@ -108,14 +91,14 @@ def run(cfg: dict[str, Any], *, steps: int, warmup: int, workers: int, device: t
     flops = step_flops(model, first, autocast)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    waits, computes = [], []
+    waits, computes, cpus = [], [], []
     for i in range(warmup + steps):
         t0 = time.perf_counter()
         b = next(batches)
         b = {k: v.to(device, non_blocking=True) for k, v in b.items() if k in ("video", "audio")}
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-        t1 = time.perf_counter()
+        t1, c1 = time.perf_counter(), time.process_time()
         with autocast:
             out = model(b)
         out.loss.backward()
@@ -123,14 +106,21 @@ def run(cfg: dict[str, Any], *, steps: int, warmup: int, workers: int, device: t
         opt.zero_grad(set_to_none=True)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-        t2 = time.perf_counter()
+        t2, c2 = time.perf_counter(), time.process_time()
         if i >= warmup:
             waits.append(t1 - t0)
             computes.append(t2 - t1)
+            cpus.append(c2 - c1)
     step = statistics.median([w + c for w, c in zip(waits, computes)])
     total = sum(waits) + sum(computes)
     res: dict[str, Any] = {
+        "synthetic": synthetic,
         "workers": workers,
+        "steps": steps,
+        "warmup": warmup,
+        "wait_s": sum(waits),
+        "compute_s": sum(computes),
+        "compute_cpu_s": sum(cpus),  # CPU time of this process's threads during compute (all of them)
         "batch_clips": batch_size,
         "segments_per_clip": segments,
         "samples_per_s": batch_size * steps / total,
@@ -158,11 +148,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--batch", type=int, default=None, help="clips per batch (default: the config's)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--synthetic", action="store_true", help="random tensors instead of decoded clips")
+    ap.add_argument("--also-synthetic", action="store_true",
+                    help="first a compute-only run on a synthetic batch, then the decoded runs (--workers)")
     ap.add_argument("--data", default=None, help="data config group, e.g. shards")
     ap.add_argument("--shards", default=None, help="shard folder for --data shards")
     ap.add_argument("--threads", type=int, default=None, help="torch threads in the main process")
     ap.add_argument("--plot", default=None, help="PNG: samples/s versus DataLoader workers")
-    ap.add_argument("--json", default=None)
+    ap.add_argument("--json", default=None, help="JSON path (default benchmarks/results/train_throughput_<UTC>.json)")
     ap.add_argument("overrides", nargs="*", help="extra Hydra overrides")
     args = ap.parse_args(argv)
     if args.threads:
@@ -177,20 +169,29 @@ def main(argv: list[str] | None = None) -> None:
     cfg = compose_cfg(args.preset, extra)
     device = torch.device(args.device)
     bf16 = device.type == "cuda"
+    load_before = load_average()
+    started = datetime.now(timezone.utc)
+    runs = ([(True, 0)] if args.also_synthetic or args.synthetic else []) + (
+        [] if args.synthetic else [(False, w) for w in args.workers])
     results = []
-    for w in args.workers:
-        r = run(cfg, steps=args.steps, warmup=args.warmup, workers=w, device=device, synthetic=args.synthetic,
+    for synthetic, w in runs:
+        r = run(cfg, steps=args.steps, warmup=args.warmup, workers=w, device=device, synthetic=synthetic,
                 bf16=bf16)
         results.append(r)
         print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()}))
-    meta = {"preset": args.preset, "device": args.device, "torch": torch.__version__, "threads":
-            torch.get_num_threads(), "cpu": platform.processor() or platform.machine(), "synthetic": args.synthetic}
+    meta = {"preset": args.preset, "device": args.device, "threads": torch.get_num_threads(),
+            "batch_clips": int(cfg["data"]["batch_size"]), "segments_per_clip": int(cfg["data"]["num_segments"]),
+            "date": started.isoformat(timespec="seconds"), "command": command_line(argv, "train_throughput.py"),
+            **machine_facts(load_before), **versions(("torch", "lightning", "av"))}
     if device.type == "cuda":
         meta["gpu"] = torch.cuda.get_device_name(device)
-    print(json.dumps(meta))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"meta": meta, "results": results}, f, indent=2)
+    print(json.dumps({k: meta[k] for k in ("command", "threads", "load_before", "load_after")}))
+    out = Path(args.json) if args.json else RESULTS_DIR / f"train_throughput_{started.strftime('%Y%m%dT%H%M%SZ')}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    part = out.with_name(out.name + ".part")
+    part.write_text(json.dumps({"meta": meta, "results": results}, indent=1, sort_keys=True) + "\n")
+    part.replace(out)
+    print(f"wrote {out}")
     if args.plot:
         import matplotlib
 
@@ -198,13 +199,18 @@ def main(argv: list[str] | None = None) -> None:
         import matplotlib.pyplot as plt
 
         fig, ax = plt.subplots(figsize=(4.5, 3.2))
-        ax.plot([r["workers"] for r in results], [r["samples_per_s"] for r in results], marker="o")
+        dec = [r for r in results if not r["synthetic"]]
+        ax.plot([r["workers"] for r in dec], [r["samples_per_s"] for r in dec], marker="o", label="decoded demo files")
+        for r in results:
+            if r["synthetic"]:
+                ax.axhline(r["samples_per_s"], ls="--", color="0.5", label="compute only (synthetic)")
+        ax.legend(fontsize=7)
         ax.set_xlabel("DataLoader workers")
         ax.set_ylabel("clips / s")
         ax.set_title(f"avssl-train throughput ({args.preset}, {args.device})")
         ax.grid(alpha=0.3)
         fig.tight_layout()
-        fig.savefig(args.plot, dpi=120)
+        fig.savefig(args.plot, dpi=120, metadata={"Software": None})
 
 
 if __name__ == "__main__":

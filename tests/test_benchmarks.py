@@ -1,0 +1,190 @@
+"""The benchmark outputs and the docs made from them: the JSON schema of benchmarks/bench_data.py, the report
+generator (benchmarks/report.py) on the saved results, and docs/benchmarks.md being in step with them."""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+import bench_data  # noqa: E402
+import report  # noqa: E402
+
+RESULTS = REPO / "benchmarks" / "results"
+
+
+def _saved(pattern: str) -> list[Path]:
+    found = sorted(RESULTS.glob(pattern))
+    assert found, f"no saved {pattern} under {RESULTS}"
+    return found
+
+
+@pytest.fixture(scope="module")
+def saved_data() -> tuple[Path, dict[str, Any]]:
+    path = report.newest("bench_data_*.json", RESULTS, mode="full")
+    assert path is not None, "no full-mode bench_data result is committed"
+    return path, json.loads(path.read_text())
+
+
+@pytest.mark.parametrize("path", _saved("bench_data_*.json"), ids=lambda p: p.name)
+def test_saved_bench_data_follows_schema(path: Path) -> None:
+    doc = json.loads(path.read_text())
+    assert bench_data.validate_result(doc) == []
+    assert doc["command"].startswith("python benchmarks/bench_data.py")
+    assert len(doc["machine"]["load_before"]) == 3 and len(doc["machine"]["load_after"]) == 3
+
+
+@pytest.mark.parametrize("path", _saved("train_throughput_*.json"), ids=lambda p: p.name)
+def test_saved_train_throughput_has_its_provenance(path: Path) -> None:
+    doc = json.loads(path.read_text())
+    meta = doc["meta"]
+    for key in ("command", "date", "cpu_model", "cores", "load_before", "load_after", "torch", "avssl_git",
+                "threads", "batch_clips", "segments_per_clip"):
+        assert key in meta, key
+    assert meta["command"].startswith("python benchmarks/train_throughput.py")
+    for r in doc["results"]:
+        # the rates are what the timings say (nothing copied from elsewhere)
+        total = r["wait_s"] + r["compute_s"]
+        assert r["samples_per_s"] == pytest.approx(r["batch_clips"] * r["steps"] / total, rel=1e-9)
+        assert r["segments_per_s"] == pytest.approx(r["samples_per_s"] * r["segments_per_clip"], rel=1e-9)
+        assert r["data_wait_fraction"] == pytest.approx(r["wait_s"] / total, rel=1e-9, abs=1e-12)
+
+
+def _mutations() -> list[tuple[str, Any]]:
+    def drop(*keys: str | int) -> Any:
+        def f(d: dict[str, Any]) -> None:
+            obj: Any = d
+            for k in keys[:-1]:
+                obj = obj[k]
+            del obj[keys[-1]]
+        return f
+
+    def put(value: Any, *keys: str | int) -> Any:
+        def f(d: dict[str, Any]) -> None:
+            obj: Any = d
+            for k in keys[:-1]:
+                obj = obj[k]
+            obj[keys[-1]] = value
+        return f
+
+    return [
+        ("no date", drop("date")),
+        ("no machine load", drop("machine", "load_before")),
+        ("no torch version", drop("versions", "torch")),
+        ("commit missing", drop("versions", "avssl_git")),
+        ("rate as text", put("fast", "throughput", 0, "clips_per_s")),
+        ("ratio NaN", put(math.nan, "throughput", 0, "ratio_to_floor")),
+        ("zero floor", put(0.0, "throughput", 0, "floor_clips_per_cpu_s")),
+        ("negative rate", put(-1.0, "throughput", 0, "clips_per_cpu_s")),
+        ("bool as size", put(True, "throughput", 0, "size")),
+        ("no throughput", put([], "throughput")),
+        ("old schema", put(0, "schema_version")),
+        ("foreign schema", put("other", "schema")),
+        ("scaling of an unknown case", put("nope", "scaling", 0, "case")),
+        ("representation without bytes", drop("representations", 0, "bytes_per_hour")),
+        ("media without size", drop("media", 0, "width")),
+    ]
+
+
+@pytest.mark.parametrize("name,mutate", _mutations(), ids=[m[0] for m in _mutations()])
+def test_schema_check_names_each_problem(saved_data: tuple[Path, dict[str, Any]], name: str, mutate: Any) -> None:
+    doc = copy.deepcopy(saved_data[1])
+    assert bench_data.validate_result(doc) == []
+    mutate(doc)
+    assert bench_data.validate_result(doc), name
+
+
+def test_docs_are_generated_from_the_saved_results() -> None:
+    """docs/benchmarks.md holds exactly what benchmarks/report.py makes from the committed JSON."""
+    text, stext = report.DOC.read_text(), report.SCALING_DOC.read_text()
+    rendered, data_doc, srendered = report.render(text, RESULTS, stext)
+    assert data_doc is not None
+    assert rendered == text, "docs/benchmarks.md is out of step with benchmarks/results: run benchmarks/report.py"
+    assert srendered == stext, "docs/scaling.md is out of step with benchmarks/results: run benchmarks/report.py"
+    assert report.PLOT.is_file()
+
+
+def test_report_section_carries_every_figure(saved_data: tuple[Path, dict[str, Any]], tmp_path: Path) -> None:
+    path, doc = saved_data
+    section = report.bench_data_section(doc, path)
+    assert doc["command"] in section and doc["date"] in section
+    assert str(doc["machine"]["load_before"]) in section and str(doc["machine"]["load_after"]) in section
+    rows = {line.split(" | ")[0].lstrip("| "): line for line in section.splitlines()
+            if line.startswith("| ") and line.count(" | ") >= 8}  # the throughput table
+    for t in doc["throughput"]:
+        row = rows[t["case"]]
+        for key in ("clips_per_cpu_s", "floor_clips_per_cpu_s", "clips_per_s", "floor_clips_per_s"):
+            assert f" {t[key]:.1f} " in row, (t["case"], key)
+        assert f" {t['ratio_to_floor']:.2f} " in row
+    for r in doc["representations"]:
+        assert any(line.startswith(f"| {r['name']} ") and f"{3600 / r['write_cpu_s_per_hour']:.1f}" in line
+                   for line in section.splitlines()), r["name"]
+    # replacing the marked section keeps the rest of the page, and a second pass changes nothing
+    page = "# title\n\nbefore\n<!-- bench_data:begin -->\nold\n<!-- bench_data:end -->\nafter\n"
+    once = report.replace_section(page, "bench_data", section)
+    assert once.startswith("# title\n\nbefore\n") and once.endswith("<!-- bench_data:end -->\nafter\n")
+    assert "old" not in once.split("<!-- bench_data:begin -->")[1].split("<!-- bench_data:end -->")[0].split("\n")
+    assert report.replace_section(once, "bench_data", section) == once
+    out = tmp_path / "plot.png"
+    report.plot(doc, out)
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("page", ["no markers\n", "<!-- bench_data:end -->\n<!-- bench_data:begin -->\n",
+                                  "<!-- bench_data:begin -->\n<!-- bench_data:begin -->\n<!-- bench_data:end -->\n"])
+def test_report_refuses_pages_without_one_marker_pair(page: str) -> None:
+    with pytest.raises(ValueError, match="bench_data"):
+        report.replace_section(page, "bench_data", "x")
+
+
+# ------------------------------------------------------------------------------------------------ gpu_check
+
+
+def test_gpu_check_config_snapshot_equals_the_training_config() -> None:
+    """The GPU image has no Hydra: gpu_check reads its configs from a snapshot, which must equal the YAML."""
+    import gpu_check
+
+    snap = json.loads(gpu_check.CONFIG_SNAPSHOT.read_text())
+    assert sorted(snap["presets"]) == sorted(gpu_check.PRESETS)
+    for name in gpu_check.PRESETS:
+        fresh = json.loads(json.dumps(gpu_check.compose(name)))
+        assert snap["presets"][name] == fresh, f"{name}: run python benchmarks/gpu_check.py --write-config"
+
+
+def test_gpu_check_cpu_smoke(tmp_path: Path) -> None:
+    """Every part of the device check runs at toy sizes on the CPU and lands in the JSON."""
+    import subprocess
+
+    out = tmp_path / "gpu_check.json"
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "gpu_check.py"), "--cpu-smoke", "--steps", "1",
+                           "--shard-steps", "2", "--fsdp-steps", "1", "--out", str(out)],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    doc = json.loads(out.read_text())
+    assert doc["mode"] == "cpu-smoke" and doc["command"].startswith("python benchmarks/gpu_check.py --cpu-smoke")
+    mfu = doc["parts"]["mfu"]
+    assert mfu["status"] == "ok" and mfu["gflop_per_step"] > 0 and mfu["peak_bf16_tflops"] is None
+    assert set(mfu["variants"]) == {"eager", "compile"}
+    eager = mfu["variants"]["eager"]
+    assert eager["status"] == "ok" and eager["losses_finite"] and eager["clips_per_s"] > 0
+    assert eager["tflops_achieved"] == pytest.approx(mfu["gflop_per_step"] * eager["steps"] / eager["compute_s"]
+                                                     / 1e3)
+    for v in mfu["variants"].values():  # each variant either ran or says why not
+        assert v["status"] == "ok" or v["error"]
+    shards = doc["parts"]["shards"]
+    assert shards["status"] == "ok", shards
+    assert shards["steps"] == 2 and shards["workers"] == 2 and 0.0 <= shards["data_wait_fraction"] <= 1.0
+    assert shards["losses_finite"]
+    fsdp = doc["parts"]["fsdp"]
+    if fsdp["status"] == "ok":
+        assert fsdp["losses_finite"] and fsdp["fsdp_units"] > 1
+    else:
+        assert fsdp["status"] == "error" and fsdp["error"]
