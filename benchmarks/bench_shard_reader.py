@@ -229,16 +229,12 @@ def measure(ds: Any, raws: list[dict[str, Any]], rounds: int, profile: bool, bat
 
 
 def retain_freed_memory() -> None:
-    """glibc: serve allocations below 32 MiB from the heap and keep up to 1 GiB of freed memory (``mallopt``), so
-    that a clip's output tensors reuse the pages of the last clip's. With the default dynamic thresholds every
-    clip's float video (2.4 MB at 112 px, 9.6 MB at 224 px) can be a fresh mapping, and its first touch costs a
-    page fault per 4 KiB: at 224 px that costs more than decoding the JPEGs."""
-    import ctypes
+    """What ``data.worker_retain_memory`` does in DataLoader workers (``avssl.data._malloc``), here in this
+    process: a clip's output tensors reuse the pages of the last clip's instead of faulting in fresh ones."""
+    from avssl.data._malloc import retain_freed_memory as retain
 
-    libc = ctypes.CDLL("libc.so.6")
-    m_trim_threshold, m_mmap_threshold = -1, -3
-    if not (libc.mallopt(m_mmap_threshold, 32 << 20) and libc.mallopt(m_trim_threshold, 1 << 30)):
-        raise RuntimeError("mallopt failed")
+    if not retain():
+        raise RuntimeError("mallopt is not available here (not glibc)")
 
 
 def versions() -> dict[str, str]:
@@ -266,6 +262,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     p.add_argument("--malloc", choices=["default", "retain"], default="default",
                    help="retain: glibc keeps freed memory (mallopt), so a new sample's output tensors reuse pages "
                         "instead of faulting in fresh ones")
+    p.add_argument("--save", action="store_true",
+                   help="also write the JSON under benchmarks/results/ (docs/benchmarks.md is generated from it)")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     if args.malloc == "retain":
@@ -296,8 +294,15 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
            "settings": {"segments": SEGMENTS, "segment_duration": SEG_DUR, "fps": FPS, "sample_rate": SR,
                         "mels": MELS, "rounds": args.rounds, "files": args.files, "seconds": args.seconds,
                         "samples": len(raws) if args.sizes else 0, "batch": args.batch, "malloc": args.malloc},
-           "cases": cases}
+           "argv": list(sys.argv[1:] if argv is None else argv), "cases": cases}
     print(json.dumps(doc))
+    if args.save:  # benchmarks/results/shard_reader_<malloc>_<date>.json, read by benchmarks/report.py
+        out = Path(__file__).resolve().parent / "results" / \
+            f"shard_reader_{args.malloc}_{doc['date'].replace('-', '').replace(':', '')}.json"
+        tmp = out.with_name(out.name + ".part")
+        tmp.write_text(json.dumps(doc, indent=1) + "\n")
+        tmp.replace(out)
+        print(f"wrote {out}", file=sys.stderr)
     return doc
 
 

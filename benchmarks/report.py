@@ -192,6 +192,29 @@ def train_section(doc: dict[str, Any], source: Path) -> str:
     return "\n".join(lines)
 
 
+def shard_reader_section(runs: list[tuple[dict[str, Any], Path]]) -> str:
+    """Markdown for bench_shard_reader JSONs (one per ``--malloc`` mode), side by side."""
+    lines = []
+    for doc, src in runs:
+        m, v, st = doc["machine"], doc["versions"], doc["settings"]
+        lines.append(f"- `{_rel(src)}`: `python benchmarks/bench_shard_reader.py {' '.join(doc.get('argv', []))}`"
+                     f" ({doc['date']}, malloc {st['malloc']}, {st['rounds']} rounds; load average "
+                     f"{[round(x, 2) for x in m['load_before']]} -> {[round(x, 2) for x in m['load_after']]}; "
+                     f"torch {v['torch']}, torchvision {v['torchvision']}, PyAV {v['av']}).")
+    lines += ["", "| case (px-audio-crop) | " + " | ".join(
+        f"malloc {d['settings']['malloc']}: reader / floor clips per CPU-s (ratio), faults per clip"
+        for d, _ in runs) + " |", "| --- |" + " --- |" * len(runs)]
+    cases = [c["case"] for c in runs[0][0]["cases"]]
+    for case in cases:
+        cells = []
+        for d, _ in runs:
+            c = next((x for x in d["cases"] if x["case"] == case), None)
+            cells.append("-" if c is None else f"{c['clips_per_cpu_s']:.0f} / {c['floor_clips_per_cpu_s']:.0f} "
+                         f"({c['ratio']:.2f}), {c['faults_per_clip']:.0f}")
+        lines.append(f"| {case} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def replace_section(text: str, name: str, body: str) -> str:
     begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
     if text.count(begin) != 1 or text.count(end) != 1 or text.index(begin) > text.index(end):
@@ -254,6 +277,10 @@ def render(text: str, results: Path = RESULTS, scaling_text: str | None = None
         text = replace_section(text, "bench_data", bench_data_section(data_doc, src, baseline=base))
     if src is not None and data_doc is not None and scaling_text is not None:
         scaling_text = replace_section(scaling_text, "representation", representation_section(data_doc, src))
+    readers = [(json.loads(p.read_text()), p) for p in (newest(f"shard_reader_{mode}_*.json", results)
+                                                         for mode in ("default", "retain")) if p is not None]
+    if readers:
+        text = replace_section(text, "shard_reader", shard_reader_section(readers))
     tsrc = newest("train_throughput_*.json", results)
     if tsrc is not None:
         text = replace_section(text, "train_throughput", train_section(json.loads(tsrc.read_text()), tsrc))

@@ -18,6 +18,7 @@ import lightning.pytorch as pl
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from avssl.data._malloc import retain_in_worker
 from avssl.data.datasets import AVClipDataset
 from avssl.data.features import FbankConfig, num_frames
 from avssl.data.manifest import ManifestRow
@@ -366,11 +367,14 @@ class AVDataModule(pl.LightningDataModule):
 
     def _loader_kwargs(self) -> dict[str, Any]:
         workers = int(self.cfg["num_workers"])
-        return {
+        kw: dict[str, Any] = {
             "num_workers": workers,
             "pin_memory": bool(self.cfg["pin_memory"]) and torch.cuda.is_available(),
             "persistent_workers": bool(self.cfg["persistent_workers"]) and workers > 0,
         }
+        if workers > 0 and bool(self.cfg.get("worker_retain_memory", True)):
+            kw["worker_init_fn"] = retain_in_worker  # a clip's buffers reuse the last clip's pages (avssl/data/_malloc.py)
+        return kw
 
     def train_dataloader(self) -> DataLoader:
         if self.train_set is None:

@@ -215,6 +215,7 @@ class ViTEncoder(Encoder):
         self.zero_init_residual = bool(zero_init_residual)
         if self.zero_init_residual:  # every block starts as the identity (the residual branches' outputs are 0)
             for block in self.blocks:
+                assert isinstance(block, TransformerBlock)
                 nn.init.zeros_(block.attn.proj.weight)
                 nn.init.zeros_(block.mlp.fc2.weight)
         if class_token:
