@@ -183,8 +183,6 @@ def test_gpu_check_cpu_smoke(tmp_path: Path) -> None:
     assert shards["status"] == "ok", shards
     assert shards["steps"] == 2 and shards["workers"] == 2 and 0.0 <= shards["data_wait_fraction"] <= 1.0
     assert shards["losses_finite"]
-    fsdp = doc["parts"]["fsdp"]
-    if fsdp["status"] == "ok":
-        assert fsdp["losses_finite"] and fsdp["fsdp_units"] > 1
-    else:
-        assert fsdp["status"] == "error" and fsdp["error"]
+    fsdp = doc["parts"]["fsdp"]  # it failed on the 0-d temperature parameter before that became [1]
+    assert fsdp["status"] == "ok", fsdp
+    assert fsdp["losses_finite"] and fsdp["fsdp_units"] > 1

@@ -343,3 +343,37 @@ def test_weighted_sum_and_combined_loss():
         CombinedLoss({"sync": -1.0})
     with pytest.raises(ValueError, match="positive"):
         CombinedLoss({"sync": 0.0})
+
+
+def test_temperature_is_stored_with_shape_1_and_loads_older_0d_values() -> None:
+    """FSDP refuses 0-d parameters: log(t) has shape [1]; a 0-d value saved before loads; forward stays 0-d."""
+    from types import SimpleNamespace
+
+    from avssl.lit.module import AVSSLModule
+    from avssl.objectives.contrastive import LearnableTemperature
+
+    t = LearnableTemperature(0.07)
+    assert t.log_temperature.shape == (1,) and t().shape == ()
+    t.load_state_dict({"log_temperature": torch.tensor(math.log(0.2))})  # an older checkpoint's 0-d value
+    assert t.log_temperature.shape == (1,) and float(t()) == pytest.approx(0.2)
+    t.load_state_dict({"log_temperature": torch.tensor(math.log(5.0))})  # past the bound: clamped on load
+    assert float(t()) == pytest.approx(0.5)
+    fixed = LearnableTemperature(0.05, learnable=False)
+    fixed.load_state_dict({"log_temperature": torch.tensor(math.log(0.1))})
+    assert fixed.log_temperature.shape == (1,) and float(fixed()) == pytest.approx(0.1)
+
+    # the optimiser state of an older checkpoint: its 0-d moments become [1], Adam's step count stays 0-d
+    ckpt = {"optimizer_states": [{"state": {0: {"step": torch.tensor(3.0), "exp_avg": torch.tensor(0.1),
+                                                "exp_avg_sq": torch.tensor(0.2)},
+                                            1: {"step": torch.tensor(3.0), "exp_avg": torch.ones(4)}},
+                                  "param_groups": []}]}
+    AVSSLModule.on_load_checkpoint(SimpleNamespace(), ckpt)  # type: ignore[arg-type]
+    st = ckpt["optimizer_states"][0]["state"]
+    assert st[0]["exp_avg"].shape == (1,) and st[0]["exp_avg_sq"].shape == (1,) and st[0]["step"].shape == ()
+    assert st[1]["exp_avg"].shape == (4,)
+    p = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.AdamW([p])
+    opt.load_state_dict({"state": {0: st[0]}, "param_groups": [{**opt.param_groups[0], "params": [0]}]})
+    p.grad = torch.ones(1)
+    opt.step()  # runs with the reshaped moments
+    assert torch.isfinite(p).all()

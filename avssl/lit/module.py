@@ -148,6 +148,13 @@ class AVSSLModule(pl.LightningModule):
         self.bad_files = set(checkpoint.get("avssl_bad_files", []))
         if isinstance(checkpoint.get("state_dict"), dict):  # format-1 layouts (before objective plug-ins)
             checkpoint["state_dict"] = upgrade_state_dict(checkpoint["state_dict"], prefix="model.")
+        # the temperature's log(t) was 0-d before it became [1] (FSDP refuses 0-d parameters); no parameter is
+        # 0-d now, so a 0-d per-parameter optimiser tensor other than Adam's step count is that one's
+        for opt in checkpoint.get("optimizer_states") or []:
+            for state in (opt.get("state") or {}).values() if isinstance(opt, dict) else ():
+                for k, v in list(state.items()):
+                    if k != "step" and isinstance(v, Tensor) and v.dim() == 0:
+                        state[k] = v.reshape(1)
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         out = self.model(batch, generator=None)

@@ -155,6 +155,10 @@ class LearnableTemperature(nn.Module):
     step (as CLIP and Synchformer do; ``AVSSLModule.optimizer_step`` does it, a plain loop calls
     :func:`clamp_temperatures`). Clamping on read instead would zero the gradient for good once a step took the
     parameter past a bound. A state dict is clamped on load (older checkpoints may hold a value past a bound).
+
+    The stored ``log(t)`` has shape ``[1]``, not ``[]``: FSDP flattens parameters and refuses 0-d ones
+    (``trainer=fsdp``). A 0-d value from an older state dict is loaded as ``[1]``; ``forward`` returns a 0-d
+    tensor either way.
     """
 
     def __init__(self, init: float = 0.07, min: float = 0.001, max: float = 0.5, learnable: bool = True):
@@ -165,12 +169,19 @@ class LearnableTemperature(nn.Module):
             raise ValueError(f"initial temperature {init} lies outside [{min}, {max}]")
         self.min = float(min)
         self.max = float(max)
-        log_t = torch.tensor(math.log(init), dtype=torch.float32)
+        log_t = torch.tensor([math.log(init)], dtype=torch.float32)
         if learnable:
             self.log_temperature = nn.Parameter(log_t)
         else:
             self.register_buffer("log_temperature", log_t)
         self.register_load_state_dict_post_hook(_clamp_after_load)
+
+    def _load_from_state_dict(self, state_dict: Any, prefix: str, *args: Any, **kwargs: Any) -> None:
+        key = prefix + "log_temperature"
+        value = state_dict.get(key)
+        if isinstance(value, Tensor) and value.dim() == 0:  # saved before the [1] shape
+            state_dict[key] = value.reshape(1)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     @torch.no_grad()
     def clamp_(self) -> None:
@@ -178,7 +189,7 @@ class LearnableTemperature(nn.Module):
         self.log_temperature.clamp_(math.log(self.min), math.log(self.max))
 
     def forward(self) -> Tensor:
-        return self.log_temperature.exp()
+        return self.log_temperature.exp().reshape(())
 
     def extra_repr(self) -> str:
         return f"value={float(self()):.4g}, min={self.min}, max={self.max}"
