@@ -35,7 +35,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 SRC_FPS, DURATION, SR = 60, 4.0, 16000
 FPS = (8, 10, 15, 25, 30)
 SEGMENTS = (0.3, 0.5, 0.64)
-GAPS = (0.0, 0.1)
+GAPS = (0.0, 0.1, -0.2)  # negative: overlapping segments (one every seg - 0.2 s), instants shared between them
 FBANK = FbankConfig(num_mel_bins=32)
 
 
@@ -105,7 +105,8 @@ def test_segments_show_the_frame_on_screen_and_match_preprocess(video, tmp_path,
 
 @pytest.mark.parametrize("sr,seg,gap,start", [(16000, 0.3, 0.1, 0.0), (16000, 0.64, 0.0, 0.123456),
                                               (22050, 0.5, 0.1, 1.00003), (44100, 0.3, 0.0, 0.7071),
-                                              (8000, 0.64, 0.1, 2.5)])
+                                              (8000, 0.64, 0.1, 2.5), (16000, 0.5, -0.3, 0.31),
+                                              (44100, 0.3, -0.25, 1.2345)])
 def test_audio_segments_start_at_round_s_k_times_sr(sr, seg, gap, start):
     """Audio segment k is round(seg * sr) samples from file sample round(s_k * sr), wherever the window starts."""
     spec = PreprocessSpec(segment_duration=seg, fps=10.0, frame_size=(8, 8), sample_rate=sr,

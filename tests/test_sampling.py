@@ -27,13 +27,20 @@ def test_clip_spec_durations() -> None:
     [
         ({"num_segments": 0}, "num_segments"),
         ({"segment_duration": 0.0}, "segment_duration"),
-        ({"segment_gap": -0.1}, "segment_gap"),
+        ({"segment_gap": -0.5}, "segment_gap"),  # default 0.5 s segments: the next would start with this one
+        ({"segment_gap": -0.7}, "segment_gap"),
         ({"audio_jitter": -0.01}, "audio_jitter"),
     ],
 )
 def test_clip_spec_validation(kwargs: dict, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         ClipSpec(**kwargs)
+
+
+def test_overlapping_segments() -> None:
+    spec = ClipSpec(num_segments=4, segment_duration=0.5, segment_gap=-0.3)  # one every 0.2 s
+    assert spec.segment_stride == pytest.approx(0.2) and spec.clip_duration == pytest.approx(1.1)
+    assert segment_starts(1.0, spec) == pytest.approx([1.0, 1.2, 1.4, 1.6])
 
 
 def test_center_and_uniform_exact() -> None:

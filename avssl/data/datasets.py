@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 import torch
 from torch.utils.data import Dataset
 
@@ -301,7 +302,8 @@ class AVClipDataset(Dataset[dict[str, Any]]):
         reader = self._reader(row.path)
         try:
             size = self._decode_size(reader, row_index) if "video" in self.modalities else None
-            win = reader.read(w0, wdur, frame_times=self.spec.frame_targets(v_starts).reshape(-1),
+            # (np.unique: overlapping segments, segment_gap < 0, share instants)
+            win = reader.read(w0, wdur, frame_times=np.unique(self.spec.frame_targets(v_starts)),
                               sample_rate=self.sample_rate, mono=True, size=size,
                               allow_missing_audio=self.allow_missing_audio, orient=self._orient[row_index],
                               modalities=self.modalities)

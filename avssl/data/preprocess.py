@@ -58,7 +58,7 @@ class PreprocessSpec:
             raise ValueError(f"PreprocessSpec: segment_duration must be > 0, got {self.segment_duration}")
         if not (self.fps > 0 and math.isfinite(self.fps)) or self.sample_rate < 1:
             raise ValueError(f"PreprocessSpec: bad fps={self.fps} or sample_rate={self.sample_rate}")
-        if self.segment_gap < 0 or self.num_segments < 1:
+        if not self.segment_gap > -self.segment_duration or self.num_segments < 1:
             raise ValueError(f"PreprocessSpec: bad segment_gap={self.segment_gap} or num_segments={self.num_segments}")
         if self.fbank.sample_rate != self.sample_rate:
             raise ValueError(f"PreprocessSpec: fbank.sample_rate={self.fbank.sample_rate} differs from "

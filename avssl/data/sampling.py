@@ -31,7 +31,9 @@ class ClipSpec:
     """Layout of a clip.
 
     - ``num_segments`` (S) segments of ``segment_duration`` seconds each;
-    - ``segment_gap``: extra seconds between the end of one segment and the start of the next (0 = contiguous);
+    - ``segment_gap``: extra seconds between the end of one segment and the start of the next (0 = contiguous;
+      negative, down to just above ``-segment_duration``: overlapping segments, e.g. ``-0.3`` with 0.5 s segments
+      starts one every 0.2 s, so the clip's other segments are negatives 0.2 s, 0.4 s, ... away);
     - ``audio_jitter``: each segment's audio window may be shifted by up to this many seconds either way
       (training only; see :func:`audio_offsets`). Shifted windows may reach ``audio_jitter`` past the clip.
     """
@@ -46,9 +48,10 @@ class ClipSpec:
             raise ValueError(f"ClipSpec.num_segments must be >= 1, got {self.num_segments}")
         if not self.segment_duration > 0:
             raise ValueError(f"ClipSpec.segment_duration must be > 0, got {self.segment_duration}")
-        if self.segment_gap < 0 or self.audio_jitter < 0:
+        if not self.segment_gap > -self.segment_duration or self.audio_jitter < 0:
             raise ValueError(
-                f"ClipSpec.segment_gap and audio_jitter must be >= 0, got {self.segment_gap}, {self.audio_jitter}"
+                f"ClipSpec.segment_gap must be > -segment_duration (segments may overlap, but each must start after "
+                f"the one before) and audio_jitter >= 0, got {self.segment_gap}, {self.audio_jitter}"
             )
 
     @property
