@@ -19,6 +19,7 @@ from fractions import Fraction
 import av
 import numpy as np
 import torch
+from plain_floor import frames_on_screen
 
 from avssl.data.media import MediaReader
 
@@ -129,18 +130,7 @@ def floor_read(container, start: float) -> tuple[np.ndarray, np.ndarray]:
     vs, ast = container.streams.video[0], container.streams.audio[0]
     targets = start + np.arange(int(WIN * FPS)) / FPS
     container.seek(int(start / vs.time_base), stream=vs, backward=True)
-    last, chosen, k = None, [], 0
-    for f in container.decode(vs):
-        t = float(f.pts * f.time_base)
-        while k < len(targets) and targets[k] < t:
-            chosen.append(last if last is not None else f)
-            k += 1
-        last = f
-        if k >= len(targets):
-            break
-    while k < len(targets):
-        chosen.append(last)
-        k += 1
+    chosen = frames_on_screen(container.decode(vs), targets)
     h = SIZE
     w = int(round(640 * SIZE / 480))
     frames = np.stack(

@@ -43,6 +43,7 @@ from typing import Any
 import av
 import numpy as np
 import torch
+from plain_floor import frames_on_screen
 
 REPO = Path(__file__).resolve().parents[1]
 WIN, FPS, SR = 2.0, 8, 16000
@@ -162,18 +163,7 @@ def plain_pyav(container: Any, start: float, size: int, reformatter: Any = None)
     origin = Fraction(container.start_time or 0, av.time_base)
     targets = start + np.arange(int(WIN * FPS)) / FPS
     container.seek(int((start + origin) / vs.time_base), stream=vs, backward=True)
-    last, chosen, k = None, [], 0
-    for f in container.decode(vs):
-        t = float(f.pts * f.time_base - origin)
-        while k < len(targets) and targets[k] < t:
-            chosen.append(last if last is not None else f)
-            k += 1
-        last = f
-        if k >= len(targets):
-            break
-    while k < len(targets):
-        chosen.append(last)
-        k += 1
+    chosen = frames_on_screen(container.decode(vs), targets, float(origin))
     h, w = size, int(round(vs.codec_context.width * size / vs.codec_context.height))
     if reformatter is None:
         frames = np.stack([f.reformat(width=w, height=h, format="rgb24", interpolation="BILINEAR").to_ndarray()
