@@ -237,3 +237,41 @@ def test_select_frames_logic():
     assert valid.tolist() == [True] * 5 + [False]
     idx, ft, st, valid = select_frames(times, 0.05, 0.3, None)
     assert idx.tolist() == [1] and ft.tolist() == [0.1]
+
+
+@pytest.mark.parametrize("sr,start", [(22050, 0.5), (44100, 0.937), (16000, 0.0)])
+def test_matroska_millisecond_timestamps_give_contiguous_audio(tmp_path, sr, start):
+    """Matroska keeps audio timestamps in whole milliseconds. Placing each decoded frame by its own rounded
+    timestamp left overlaps and one-sample gaps (``audio_valid`` 0.998) and moved frames against each other;
+    the window is now one contiguous stretch of the stream, at most half a tick (0.5 ms) off the file clock."""
+    path = tmp_path / f"flac_{sr}.mkv"
+    n = int(3 * sr)
+    sig = (0.5 * np.sin(2 * np.pi * 440 * np.arange(n) / sr)).astype(np.float32)
+    with av.open(str(path), "w") as c:
+        v = c.add_stream("libx264", rate=30)
+        v.width, v.height, v.pix_fmt = 64, 48, "yuv420p"
+        a = c.add_stream("flac", rate=sr)
+        a.layout = "mono"
+        for i in range(0, n, 1152):
+            fr = av.AudioFrame.from_ndarray(sig[None, i:i + 1152], format="flt", layout="mono")
+            fr.sample_rate, fr.pts = sr, i
+            for p in a.encode(fr):
+                c.mux(p)
+        for p in a.encode(None):
+            c.mux(p)
+        for k in range(90):
+            f = av.VideoFrame.from_ndarray(np.full((48, 64, 3), k, np.uint8), format="rgb24")
+            f.pts = k
+            for p in v.encode(f):
+                c.mux(p)
+        for p in v.encode(None):
+            c.mux(p)
+    w = read_av_window(str(path), start, 2.0, sample_rate=sr, mono=True)
+    valid = np.asarray(w.audio_valid)
+    audio = np.asarray(w.audio).reshape(-1)
+    assert valid.all()
+    i0 = round(start * sr)
+    half_tick = sr // 2000 + 1
+    errs = {lag: np.abs(sig[i0 + lag: i0 + lag + len(audio)] - audio).max() if i0 + lag >= 0 else np.inf
+            for lag in range(-half_tick, half_tick + 1)}
+    assert min(errs.values()) < 1e-4, errs  # FLAC is lossless: one lag explains every sample of the window

@@ -462,26 +462,54 @@ def decode_audio_window(
             clock = clocks[tb] = StreamClock(tb, origin)
         return clock.seconds(ts)
 
+    # Timestamps are only as precise as the stream's time base: Matroska keeps whole milliseconds, so frames placed
+    # one by one by their own timestamps landed up to half a tick off each, with overlaps and one-sample gaps
+    # between them. Instead the decoded outputs are collected and laid down in runs: a run's frames are
+    # contiguous, and its start is the middle of the interval of starts consistent with every member's
+    # timestamp to within half a tick (plus half a sample for the resampler's own rounding). A frame whose
+    # timestamp no contiguous start can explain (a real gap or overlap, or a clock drifting off its sample
+    # count by more than that) starts a new run, placed by its own timestamps.
+    half = 0.5 * max(1.0, float(stream.time_base) * sample_rate if stream.time_base is not None else 1.0) + 0.5
+    pending: list[tuple[float, np.ndarray]] = []  # (position in samples from ``start``, [C, m] samples)
+
     def place(out: Any) -> None:
-        if out.pts is None or out.time_base is None:
+        if out.pts is None or out.time_base is None or out.samples <= 0:
             return
         t0 = seconds(out.pts, out.time_base)
-        i0 = int(round((t0 - start) * sample_rate))
-        m = out.samples
-        lo, hi = max(i0, 0), min(i0 + m, n)
-        if hi <= lo:
-            return
         arr = out.to_ndarray()
         if arr.shape[0] != channels:  # packed layout
             arr = arr.reshape(-1, channels).T
-        buf[:, lo:hi] = arr[:, lo - i0 : hi - i0]
-        valid[lo:hi] = True
+        pending.append(((t0 - start) * sample_rate, arr[:, : out.samples]))
+
+    def lay_down() -> None:
+        k = 0
+        while k < len(pending):
+            run, off = [(pending[k][1], 0)], pending[k][1].shape[1]
+            lo, hi = pending[k][0] - half, pending[k][0] + half  # starts consistent with the run so far
+            k += 1
+            while k < len(pending):
+                d = pending[k][0] - off  # the run's start as this frame's timestamp says
+                if max(lo, d - half) > min(hi, d + half):
+                    break
+                lo, hi = max(lo, d - half), min(hi, d + half)
+                run.append((pending[k][1], off))
+                off += pending[k][1].shape[1]
+                k += 1
+            i0 = int(round(0.5 * (lo + hi)))
+            for arr, o in run:
+                a0 = i0 + o
+                lo_i, hi_i = max(a0, 0), min(a0 + arr.shape[1], n)
+                if hi_i > lo_i:
+                    buf[:, lo_i:hi_i] = arr[:, lo_i - a0 : hi_i - a0]
+                    valid[lo_i:hi_i] = True
+        pending.clear()
 
     for back in SEEK_RETRIES:
         _seek(path, container, stream, start + float(origin) - AUDIO_PREROLL - back)
         decoder = fresh_audio_decoder(stream)
         buf[:] = 0
         valid[:] = False
+        pending.clear()
         resampler = av.AudioResampler(format="fltp", layout=layout, rate=sample_rate)
         first_seen: float | None = None
         next_pts: float | None = None
@@ -528,6 +556,7 @@ def decode_audio_window(
         at_first = first_ts is None or first_seen is None or first_seen <= first_ts + 0.05
         if late and not at_first and back != SEEK_RETRIES[-1]:
             continue
+        lay_down()
         np.clip(buf, -1.0, 1.0, out=buf)
         return AudioSpan(buf, valid)
     raise AssertionError("unreachable")
