@@ -40,7 +40,7 @@ import numpy as np
 from av.audio.stream import AudioStream
 from av.video.stream import VideoStream
 
-from avssl.data.encoding import add_h264_stream
+from avssl.data.encoding import add_h264_stream, audio_frame
 
 SYNTH_VERSION = 1
 """Bumped whenever the generated content changes (recorded in ``params.json``)."""
@@ -346,21 +346,6 @@ def render_video(scene: Scene, fps: int, width: int, height: int) -> np.ndarray:
     return frames
 
 
-def _audio_frame(samples: np.ndarray, fmt: str, sample_rate: int) -> av.AudioFrame:
-    base = fmt[:-1] if fmt.endswith("p") else fmt
-    if base == "s16":
-        data: np.ndarray = np.clip(np.round(samples * 32767), -32768, 32767).astype(np.int16)
-    elif base == "s32":
-        data = np.clip(np.round(samples * 2147483647.0), -(2**31), 2**31 - 1).astype(np.int32)
-    elif base == "flt":
-        data = samples.astype(np.float32)
-    else:
-        raise ValueError(f"synth: unsupported encoder sample format {fmt}")
-    frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(data[None, :]), format=fmt, layout="mono")
-    frame.sample_rate = sample_rate
-    return frame
-
-
 def write_media(path: str | os.PathLike[str], spec: ContainerSpec, frames: np.ndarray, audio: np.ndarray) -> None:
     """Encode uint8 [T, H, W, 3] frames and a mono waveform as ``spec`` says (deterministic encoder settings).
     Both streams start at 0 on the file clock."""
@@ -397,7 +382,7 @@ def write_media(path: str | os.PathLike[str], spec: ContainerSpec, frames: np.nd
         fmt = str(getattr(ast.codec_context.format, "name", "flt"))
         chunk = ast.codec_context.frame_size or 1024
         for a in range(0, len(audio), chunk):
-            af = _audio_frame(audio[a : a + chunk], fmt, spec.sample_rate)
+            af = audio_frame(audio[None, a : a + chunk], fmt, "mono", spec.sample_rate)
             af.pts, af.time_base = a, Fraction(1, spec.sample_rate)
             for pkt in ast.encode(af):
                 out.mux(pkt)

@@ -23,6 +23,8 @@ from fractions import Fraction
 import av
 import numpy as np
 
+from avssl.data.encoding import audio_frame
+
 __all__ = [
     "MediaTruth",
     "make_av_file",
@@ -116,25 +118,6 @@ def _click(sample_rate: int) -> np.ndarray:
     return (
         0.8 * np.cos(2 * np.pi * CLICK_FREQ * n / sample_rate) * np.exp(-n / (0.004 * sample_rate))
     ).astype(np.float32)
-
-
-def _audio_frame(samples: np.ndarray, fmt: str, layout: str, sample_rate: int) -> av.AudioFrame:
-    """samples: float32 [C, n] -> AudioFrame in the encoder's sample format."""
-    planar = fmt.endswith("p")
-    base = fmt[:-1] if planar else fmt
-    if base == "s16":
-        data = np.clip(np.round(samples * 32767), -32768, 32767).astype(np.int16)
-    elif base == "s32":
-        data = np.clip(np.round(samples * 2147483647.0), -(2**31), 2**31 - 1).astype(np.int32)
-    elif base == "flt":
-        data = samples.astype(np.float32)
-    else:
-        raise ValueError(f"unsupported sample format {fmt}")
-    if not planar:
-        data = data.T.reshape(1, -1)
-    frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(data), format=fmt, layout=layout)
-    frame.sample_rate = sample_rate
-    return frame
 
 
 def make_av_file(
@@ -255,7 +238,7 @@ def make_av_file(
             layout = ast.codec_context.layout.name
             pts0 = int(round((a0 + start_pts_offset) * sample_rate))
             for s in range(0, n_total, fsz):
-                fr = _audio_frame(sig[:, s : s + fsz], fmt, layout, sample_rate)
+                fr = audio_frame(sig[:, s : s + fsz], fmt, layout, sample_rate)
                 fr.pts = pts0 + s
                 fr.time_base = Fraction(1, sample_rate)
                 for pkt in ast.encode(fr):

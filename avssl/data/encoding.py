@@ -20,6 +20,7 @@ from __future__ import annotations
 from fractions import Fraction
 
 import av
+import numpy as np
 from av.container import OutputContainer
 from av.video.stream import VideoStream
 
@@ -41,3 +42,23 @@ def add_h264_stream(container: OutputContainer, *, fps: Fraction, width: int, he
     params = f"keyint={gop}:min-keyint={gop}:scenecut=0:threads=1:lookahead-threads=1:mbtree=0"
     cc.options = {"preset": str(preset), "crf": str(crf), "x264-params": params}
     return vs
+
+
+def audio_frame(samples: np.ndarray, fmt: str, layout: str, sample_rate: int) -> av.AudioFrame:
+    """float ``[C, n]`` samples in [-1, 1] -> an ``av.AudioFrame`` in an encoder's sample format (``s16``, ``s32``,
+    ``flt``, packed or planar ``...p``): integers rounded and clipped, packed formats interleaved."""
+    planar = fmt.endswith("p")
+    base = fmt[:-1] if planar else fmt
+    if base == "s16":
+        data: np.ndarray = np.clip(np.round(samples * 32767), -32768, 32767).astype(np.int16)
+    elif base == "s32":
+        data = np.clip(np.round(samples * 2147483647.0), -(2**31), 2**31 - 1).astype(np.int32)
+    elif base == "flt":
+        data = np.asarray(samples, np.float32)
+    else:
+        raise ValueError(f"unsupported encoder sample format {fmt!r} (s16, s32, flt, packed or planar)")
+    if not planar:
+        data = data.T.reshape(1, -1)
+    frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(data), format=fmt, layout=layout)
+    frame.sample_rate = sample_rate
+    return frame
