@@ -51,12 +51,31 @@ def test_retain_applies_here_and_as_worker_init() -> None:
     retain_in_worker(0)  # the worker_init_fn form
 
 
-def test_loaders_set_the_worker_init_only_for_workers() -> None:
+def test_loaders_set_the_worker_init_only_for_workers(monkeypatch: pytest.MonkeyPatch) -> None:
+    import numpy as np
+    from lightning.fabric.utilities.seed import pl_worker_init_function
+
     from avssl.lit.datamodule import AVDataModule
 
     dm = AVDataModule.__new__(AVDataModule)
     dm.cfg = {"num_workers": 2, "pin_memory": False, "persistent_workers": False, "worker_retain_memory": True}
-    assert dm._loader_kwargs()["worker_init_fn"] is retain_in_worker
+    monkeypatch.setattr(AVDataModule, "trainer", None, raising=False)
+    init = dm._loader_kwargs()["worker_init_fn"]
+    assert init.keywords == {"rank": 0, "seed_workers": False}
+    # with seed_everything(..., workers=True) Lightning only seeds workers of loaders without a worker_init_fn:
+    # this one must do Lightning's seeding too
+    monkeypatch.setenv("PL_SEED_WORKERS", "1")
+    monkeypatch.setenv("PL_GLOBAL_SEED", "7")
+    init = dm._loader_kwargs()["worker_init_fn"]
+    assert init.keywords["seed_workers"] is True
+    import torch
+
+    torch.manual_seed(123)  # what the DataLoader gives a worker; Lightning derives the worker's seeds from it
+    init(1)
+    ours = np.random.get_state()[1].copy()
+    torch.manual_seed(123)
+    pl_worker_init_function(1, rank=0)
+    assert np.array_equal(ours, np.random.get_state()[1])
     dm.cfg["worker_retain_memory"] = False
     assert "worker_init_fn" not in dm._loader_kwargs()
     dm.cfg.update(num_workers=0, worker_retain_memory=True)

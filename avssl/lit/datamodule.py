@@ -8,6 +8,7 @@ same epoch without sharing state. Validation clips lie on a fixed uniform grid, 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import math
 import os
@@ -15,6 +16,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 import lightning.pytorch as pl
+from lightning.fabric.utilities.seed import pl_worker_init_function
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
@@ -211,6 +213,14 @@ class EpochClips(Dataset[dict[str, Any]]):
         return self.base[j]
 
 
+def _init_worker(worker_id: int, rank: int, seed_workers: bool) -> None:
+    """DataLoader ``worker_init_fn``: keep freed memory, then (``seed_everything(..., workers=True)``) Lightning's
+    per-worker seeding, which it would have installed itself on a loader without a ``worker_init_fn``."""
+    retain_in_worker(worker_id)
+    if seed_workers:
+        pl_worker_init_function(worker_id, rank=rank)
+
+
 class AVDataModule(pl.LightningDataModule):
     """Train/val DataLoaders from the ``data`` config section (plain dict, see ``avssl.config.DataConfig``)."""
 
@@ -373,7 +383,10 @@ class AVDataModule(pl.LightningDataModule):
             "persistent_workers": bool(self.cfg["persistent_workers"]) and workers > 0,
         }
         if workers > 0 and bool(self.cfg.get("worker_retain_memory", True)):
-            kw["worker_init_fn"] = retain_in_worker  # a clip's buffers reuse the last clip's pages (avssl/data/_malloc.py)
+            # a clip's buffers reuse the last clip's pages (avssl/data/_malloc.py); Lightning adds its own worker
+            # seeding only to loaders without a worker_init_fn, so this one runs it too when it is on
+            kw["worker_init_fn"] = functools.partial(_init_worker, rank=self._ranks()[0],
+                                                     seed_workers=bool(int(os.environ.get("PL_SEED_WORKERS", 0))))
         return kw
 
     def train_dataloader(self) -> DataLoader:
