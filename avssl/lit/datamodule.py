@@ -16,8 +16,8 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 import lightning.pytorch as pl
-from lightning.fabric.utilities.seed import pl_worker_init_function
 import torch
+from lightning.fabric.utilities.seed import pl_worker_init_function
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from avssl.data._malloc import retain_in_worker
