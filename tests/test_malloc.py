@@ -60,6 +60,7 @@ def test_loaders_set_the_worker_init_only_for_workers(monkeypatch: pytest.Monkey
     dm = AVDataModule.__new__(AVDataModule)
     dm.cfg = {"num_workers": 2, "pin_memory": False, "persistent_workers": False, "worker_retain_memory": True}
     monkeypatch.setattr(AVDataModule, "trainer", None, raising=False)
+    monkeypatch.delenv("PL_SEED_WORKERS", raising=False)  # seed_everything in an earlier test sets it
     init = dm._loader_kwargs()["worker_init_fn"]
     assert init.keywords == {"rank": 0, "seed_workers": False}
     # with seed_everything(..., workers=True) Lightning only seeds workers of loaders without a worker_init_fn:
