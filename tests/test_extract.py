@@ -319,3 +319,65 @@ def test_manifest_orient_reaches_every_evaluation_read(media: Path, bundle: Path
     write_manifest(tmp_path / "bad.csv", bad)
     with pytest.raises(ValueError, match="disagree on the orient column"):
         extract(bundle, tmp_path / "bad.csv", tmp_path / "out2", progress=False)
+
+
+def test_offset_clip_of_segments_is_the_mean_of_its_segments(media: Path, bundle: Path) -> None:
+    """``offset.clip_seconds``: a clip of n segments scores each offset as the mean of its segments' similarities,
+    each exactly as that segment scores alone; one segment is the default; evaluate_offsets makes room for the
+    whole clip and reports its span."""
+    from avssl.evaluation import run as ev
+    from avssl.evaluation.embed import EncoderPair, offset_similarities
+    from avssl.evaluation.sources import items_from_manifest
+
+    pair = EncoderPair.load(bundle)
+    item = items_from_manifest(media)[0]
+    offsets = [-0.5, 0.0, 0.5]
+    spec = pair.video.preprocessor.spec
+    t0 = item.start + 0.5
+    alone = torch.stack([offset_similarities(pair, item.path, float(t), offsets)
+                         for t in spec.segment_starts(t0, 3)])
+    joint = offset_similarities(pair, item.path, t0, offsets, num_segments=3)
+    assert joint.shape == (3,)
+    torch.testing.assert_close(joint, alone.mean(0), atol=1e-5, rtol=0)
+    torch.testing.assert_close(offset_similarities(pair, item.path, t0, offsets, num_segments=1), alone[0])
+    with pytest.raises(ValueError, match="num_segments"):
+        offset_similarities(pair, item.path, t0, offsets, num_segments=0)
+    clip = 2 * spec.segment_stride + spec.segment_duration
+    m, sim, _ = ev.evaluate_offsets(pair, [item], min_offset=-0.5, max_offset=0.5, step=0.5, clip_seconds=clip,
+                                    progress=False)
+    assert m["segments_per_clip"] == 3 and m["clip_seconds"] == pytest.approx(clip) and sim.shape == (1, 3)
+    m1, _, _ = ev.evaluate_offsets(pair, [item], min_offset=-0.5, max_offset=0.5, step=0.5, progress=False)
+    assert m1["segments_per_clip"] == 1 and m1["clip_seconds"] == pytest.approx(spec.segment_duration)
+    too_long = item.end - item.start  # no room for the clip and the offsets
+    m2, _, _ = ev.evaluate_offsets(pair, [item, item], min_offset=-0.5, max_offset=0.5, step=0.5,
+                                   clip_seconds=0.5, progress=False)
+    assert m2["num_clips"] == 2
+    with pytest.raises(ValueError, match="long enough"):
+        ev.evaluate_offsets(pair, [item], min_offset=-0.5, max_offset=0.5, step=0.5, clip_seconds=too_long,
+                            progress=False)
+
+
+def test_retrieval_segments_aggregate_compares_moment_by_moment(media: Path, bundle: Path) -> None:
+    """``retrieval.aggregate=segments``: the similarity of audio clip i and video clip j is the mean over the
+    clips' segments of the per-segment cosines; ``embedding`` (default) keeps one vector per clip."""
+    from avssl.evaluation import run as ev
+    from avssl.evaluation.embed import EncoderPair, segment_embeddings
+    from avssl.evaluation.sources import items_from_manifest
+
+    pair = EncoderPair.load(bundle)
+    items = items_from_manifest(media)[:4]
+    spec = pair.video.preprocessor.spec
+    clip = spec.segment_stride + spec.segment_duration  # two segments
+    m, sim = ev.evaluate_retrieval(pair, items, clip_seconds=clip, ks=[1], aggregate="segments", progress=False)
+    assert m["segments_per_clip"] == 2 and m["aggregate"] == "segments" and sim.shape == (4, 4)
+    embs = [segment_embeddings(pair, it.path, ev.clip_positions(it, clip, 0.0, 0.0, 1)[0], 2, it.orient)
+            for it in items]
+    want = torch.tensor([[float((embs[i][1] * embs[j][0]).sum(-1).mean()) for j in range(4)] for i in range(4)],
+                        dtype=torch.float64)
+    torch.testing.assert_close(sim, want, atol=1e-6, rtol=0)
+    top = sim.argmax(1) == torch.arange(4)
+    assert m["a2v_R@1"] == pytest.approx(float(top.double().mean()))
+    m2, _ = ev.evaluate_retrieval(pair, items, clip_seconds=clip, ks=[1], progress=False)
+    assert m2["aggregate"] == "embedding"
+    with pytest.raises(ValueError, match="aggregate"):
+        ev.evaluate_retrieval(pair, items, aggregate="max", progress=False)

@@ -26,11 +26,13 @@ class OffsetConfig:
     max: float = 2.0
     step: float = 0.2
     clips_per_item: int = 1
+    clip_seconds: float | None = None
 
 
 @dataclass
 class RetrievalConfig:
     clip_seconds: float | None = None
+    aggregate: str = "embedding"  # embedding | segments
     ks: list[int] = field(default_factory=lambda: [1, 5, 10])
 
 

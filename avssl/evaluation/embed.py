@@ -134,19 +134,41 @@ def embed_windows(
 
 
 @torch.no_grad()
+def segment_embeddings(
+    pair: EncoderPair, path: str | os.PathLike[str], start: float, num_segments: int, orient: str | None = None,
+) -> tuple[Tensor, Tensor]:
+    """L2-normalised ``(video, audio)`` embeddings ``[num_segments, D]`` of the consecutive model segments from
+    ``start`` (with the model's gap), one read."""
+    spec = pair.video.preprocessor.spec
+    starts = [float(t) for t in spec.segment_starts(start, num_segments)]
+    win = pair.read(path, start, starts[-1] + spec.segment_duration - start, orient, video_starts=starts)
+    return (F.normalize(pair.embed_video(win, start, num_segments), dim=-1),
+            F.normalize(pair.embed_audio(win, starts), dim=-1))
+
+
+@torch.no_grad()
 def offset_similarities(
     pair: EncoderPair, path: str | os.PathLike[str], video_start: float, offsets: list[float],
-    orient: str | None = None,
+    orient: str | None = None, num_segments: int = 1,
 ) -> Tensor:
-    """Cosine similarity ``[K]`` of the video segment at ``video_start`` with the audio segment starting at
-    ``video_start + offsets[k]`` (positive offset: audio taken from later in the file). One read per call."""
-    seg = pair.segment_duration
+    """Similarity ``[K]`` of the video at ``video_start`` with its audio shifted by ``offsets[k]`` (positive
+    offset: audio taken from later in the file). One read per call.
+
+    One segment (default): the cosine of the two segment embeddings. ``num_segments`` consecutive model segments
+    (a longer clip, with the model's gap): the mean over segments ``i`` of the cosine of video segment ``i`` with
+    the audio segment at its start plus the offset, so each segment is scored exactly as alone and a longer clip
+    only adds evidence (the window averaging that sync detectors use over a long context)."""
+    if num_segments < 1:
+        raise ValueError(f"offset_similarities: num_segments must be >= 1, got {num_segments}")
+    spec = pair.video.preprocessor.spec
+    v_starts = [float(t) for t in spec.segment_starts(video_start, num_segments)]
     lo = video_start + min(0.0, min(offsets))
-    hi = video_start + seg + max(0.0, max(offsets))
-    win = pair.read(path, lo, hi - lo, orient, video_starts=[video_start])
-    v = pair.embed_video(win, video_start, 1)  # [1, D]
-    a = pair.embed_audio(win, [video_start + o for o in offsets])  # [K, D]
-    return (F.normalize(a, dim=-1) @ F.normalize(v, dim=-1).T).squeeze(1)
+    hi = v_starts[-1] + spec.segment_duration + max(0.0, max(offsets))
+    win = pair.read(path, lo, hi - lo, orient, video_starts=v_starts)
+    v = F.normalize(pair.embed_video(win, video_start, num_segments), dim=-1)  # [n, D]
+    a_starts = [t + o for o in offsets for t in v_starts]  # offset-major: [K * n]
+    a = F.normalize(pair.embed_audio(win, a_starts), dim=-1).view(len(offsets), num_segments, -1)  # [K, n, D]
+    return (a * v[None]).sum(-1).mean(1)
 
 
-__all__ = ["EncoderPair", "window_starts", "embed_windows", "offset_similarities"]
+__all__ = ["EncoderPair", "window_starts", "embed_windows", "segment_embeddings", "offset_similarities"]

@@ -49,8 +49,15 @@ def cross_modal_retrieval(
         raise ValueError(
             f"audio and video embeddings differ in shape: {tuple(audio.shape)} vs {tuple(video.shape)}"
         )
-    sim = cosine_similarity_matrix(audio, video)
-    out: dict[str, float | int] = {"num_items": int(audio.shape[0])}
+    return retrieval_from_similarity(cosine_similarity_matrix(audio, video), ks)
+
+
+def retrieval_from_similarity(sim: torch.Tensor, ks: Sequence[int] = (1, 5, 10)) -> dict[str, float | int]:
+    """:func:`cross_modal_retrieval`'s metrics from an audio x video similarity matrix ``[N, N]`` (pairs on the
+    diagonal)."""
+    if sim.ndim != 2 or sim.shape[0] != sim.shape[1]:
+        raise ValueError(f"expected a square similarity matrix, got {tuple(sim.shape)}")
+    out: dict[str, float | int] = {"num_items": int(sim.shape[0])}
     for name, s in (("a2v", sim), ("v2a", sim.T)):
         for key, value in recall_at_k(s, ks).items():
             out[f"{name}_{key}"] = value
@@ -141,4 +148,5 @@ __all__ = [
     "roc_auc",
     "offset_grid",
     "offset_classification",
+    "retrieval_from_similarity",
 ]

@@ -14,8 +14,19 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from avssl.evaluation.embed import EncoderPair, embed_windows, offset_similarities, window_starts
-from avssl.evaluation.metrics import cross_modal_retrieval, offset_classification, offset_grid
+from avssl.evaluation.embed import (
+    EncoderPair,
+    embed_windows,
+    offset_similarities,
+    segment_embeddings,
+    window_starts,
+)
+from avssl.evaluation.metrics import (
+    cross_modal_retrieval,
+    offset_classification,
+    offset_grid,
+    retrieval_from_similarity,
+)
 from avssl.evaluation.probes import accuracy, evaluate_probes
 from avssl.evaluation.sources import EvalItem
 
@@ -49,13 +60,18 @@ def evaluate_offsets(
     max_offset: float = 2.0,
     step: float = 0.2,
     clips_per_item: int = 1,
+    clip_seconds: float | None = None,
     progress: bool = True,
 ) -> tuple[dict[str, Any], torch.Tensor, list[float]]:
-    """Zero-shot sync-offset classification: for each clip, the similarity of its video segment with its audio
-    shifted by every offset of the grid; the true offset is 0 (the file as recorded). Returns metrics, the
-    similarities ``[N, K]`` and the grid."""
+    """Zero-shot sync-offset classification: for each clip, the similarity of its video with its audio shifted by
+    every offset of the grid; the true offset is 0 (the file as recorded). A clip is one model segment
+    (``clip_seconds`` None) or as many consecutive segments as ``clip_seconds`` holds, scored as the mean of
+    their per-segment similarities (``offset_similarities``). Returns metrics, the similarities ``[N, K]`` and
+    the grid."""
     offsets = offset_grid(min_offset, max_offset, step)
-    seg = pair.segment_duration
+    n_seg = pair.segments_in(float(clip_seconds)) if clip_seconds else 1
+    spec = pair.video.preprocessor.spec
+    seg = (n_seg - 1) * spec.segment_stride + spec.segment_duration  # the clip's span
     rows, skipped = [], 0
     for item in _progress(items, "offsets", progress):
         starts = clip_positions(item, seg, max(0.0, -min(offsets)), max(0.0, max(offsets)), clips_per_item)
@@ -63,7 +79,7 @@ def evaluate_offsets(
             skipped += 1
             continue
         for t in starts:
-            rows.append(offset_similarities(pair, item.path, t, offsets, item.orient))
+            rows.append(offset_similarities(pair, item.path, t, offsets, item.orient, num_segments=n_seg))
     if not rows:
         raise ValueError(
             f"no item is long enough for the offset grid (needs {seg - min(offsets) + max(offsets):.2f} s)"
@@ -73,6 +89,8 @@ def evaluate_offsets(
     metrics.update(
         {
             "items_skipped_too_short": skipped,
+            "clip_seconds": round(seg, 6),
+            "segments_per_clip": n_seg,
             "offsets": offsets,
             "mean_similarity_by_offset": [round(float(x), 6) for x in sim.mean(0)],
         }
@@ -89,16 +107,28 @@ def evaluate_retrieval(
     *,
     clip_seconds: float | None = None,
     ks: Sequence[int] = (1, 5, 10),
+    aggregate: str = "embedding",
     progress: bool = True,
 ) -> tuple[dict[str, Any], torch.Tensor]:
     """Audio->video and video->audio retrieval among clips (one centred clip per item; default length: one
-    segment). Returns metrics and the audio x video similarity matrix."""
+    segment). A clip of several segments is compared by ``aggregate``: ``embedding`` (the cosine of the clips'
+    normalised mean segment embeddings: one vector per clip) or ``segments`` (the mean over the clip's segments
+    of the cosine of audio segment ``k`` with video segment ``k``: the clips compared moment by moment, as a
+    synchrony model is trained). Returns metrics and the audio x video similarity matrix."""
+    if aggregate not in ("embedding", "segments"):
+        raise ValueError(f"retrieval aggregate must be 'embedding' or 'segments', got {aggregate!r}")
     length = float(clip_seconds or pair.segment_duration)
+    n_seg = pair.segments_in(length)
     vs, as_, skipped = [], [], 0
     for item in _progress(items, "retrieval", progress):
         starts = clip_positions(item, length, 0.0, 0.0, 1)
         if not starts:
             skipped += 1
+            continue
+        if aggregate == "segments":
+            v, a = segment_embeddings(pair, item.path, starts[0], n_seg, item.orient)  # [n, D] each
+            vs.append(v)
+            as_.append(a)
             continue
         v, a = embed_windows(pair, item.path, starts, length, orient=item.orient)
         vs.append(v[0])
@@ -106,9 +136,16 @@ def evaluate_retrieval(
     if len(vs) < 2:
         raise ValueError(f"retrieval needs at least 2 items of >= {length} s, found {len(vs)}")
     video, audio = torch.stack(vs), torch.stack(as_)
-    metrics: dict[str, Any] = cross_modal_retrieval(audio, video, ks)
-    metrics.update({"clip_seconds": length, "items_skipped_too_short": skipped, "chance_R@1": 1.0 / len(vs)})
-    return metrics, audio.double() @ video.double().T
+    metrics: dict[str, Any]
+    if aggregate == "segments":
+        sim = torch.einsum("ikd,jkd->ij", audio.double(), video.double()) / n_seg
+        metrics = dict(retrieval_from_similarity(sim, ks))
+    else:
+        metrics = dict(cross_modal_retrieval(audio, video, ks))
+        sim = audio.double() @ video.double().T
+    metrics.update({"clip_seconds": length, "segments_per_clip": n_seg, "aggregate": aggregate,
+                    "items_skipped_too_short": skipped, "chance_R@1": 1.0 / len(vs)})
+    return metrics, sim
 
 
 # --- probes -------------------------------------------------------------------------------------------------------
@@ -343,6 +380,7 @@ def run_evaluation(cfg: dict[str, Any], output_dir: str | os.PathLike[str]) -> d
             max_offset=o["max"],
             step=o["step"],
             clips_per_item=o["clips_per_item"],
+            clip_seconds=o.get("clip_seconds"),
             progress=progress,
         )
         results["offset_acc"] = metrics
@@ -352,7 +390,8 @@ def run_evaluation(cfg: dict[str, Any], output_dir: str | os.PathLike[str]) -> d
         t0 = time.time()
         r = cfg["retrieval"]
         metrics, sim = evaluate_retrieval(
-            pair, eval_items, clip_seconds=r.get("clip_seconds"), ks=r["ks"], progress=progress
+            pair, eval_items, clip_seconds=r.get("clip_seconds"), ks=r["ks"],
+            aggregate=r.get("aggregate") or "embedding", progress=progress
         )
         results["retrieval"] = metrics
         plot_similarity_matrix(sim, out_dir / "retrieval_similarity.png")

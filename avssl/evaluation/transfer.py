@@ -375,9 +375,10 @@ def evaluate_arm(bundle: str | os.PathLike[str], data: LabelledItems, cfg: Mappi
         else:
             o, r = e["offset"], e["retrieval"]
             offsets, _, _ = evaluate_offsets(pair, zero_items, min_offset=o["min"], max_offset=o["max"],
-                                             step=o["step"], clips_per_item=o["clips_per_item"], progress=False)
+                                             step=o["step"], clips_per_item=o["clips_per_item"],
+                                             clip_seconds=o.get("clip_seconds"), progress=False)
             retrieval, _ = evaluate_retrieval(pair, zero_items, clip_seconds=r.get("clip_seconds"), ks=r["ks"],
-                                              progress=False)
+                                              aggregate=r.get("aggregate") or "embedding", progress=False)
             out["zero_shot"] = {"offset_acc": offsets, "retrieval": retrieval}
     if "probe" in e["tasks"]:
         p = e["probe"]
