@@ -113,6 +113,9 @@ class DataConfig:
     persistent_workers: bool = False
     # glibc: workers keep freed memory for the next clip's buffers (avssl/data/_malloc.py; 2x at 224 px shards)
     worker_retain_memory: bool = True
+    # where uint8 frames become normalised float: workers | device (workers hand uint8, a quarter of the bytes;
+    # AVDataModule.on_after_batch_transfer normalises on the training device) | auto (device when on CUDA)
+    normalise_video: str = "auto"
     allow_missing_audio: bool = True  # files without audio: silent, masked spectrograms instead of an error
     max_bad_fraction: float = 0.1  # give up when more than this share of the items tried cannot be decoded
 

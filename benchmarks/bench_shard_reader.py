@@ -173,14 +173,15 @@ def _cpu(fn: Callable[[], Any]) -> tuple[Any, float]:
     return out, time.thread_time() - t
 
 
-def make_dataset(shard_dir: Path, size: int, crop: str) -> Any:
+def make_dataset(shard_dir: Path, size: int, crop: str, output: str = "float") -> Any:
     from avssl.data.features import FbankConfig
     from avssl.data.sampling import ClipSpec
     from avssl.data.shards import ShardedClipDataset, ShardIndex
     from avssl.data.transforms import VideoTransform
 
     scale, ratio = CROPS[crop]
-    tf = VideoTransform(size, train=True, scale=scale, ratio=ratio, hflip_p=0.5, mean=VIDEO_MEAN, std=VIDEO_STD)
+    tf = VideoTransform(size, train=True, scale=scale, ratio=ratio, hflip_p=0.5, mean=VIDEO_MEAN, std=VIDEO_STD,
+                        output=output)
     return ShardedClipDataset(ShardIndex.load(shard_dir, "train"), clip=ClipSpec(SEGMENTS, SEG_DUR), fps=FPS,
                               frame_size=size, fbank=FbankConfig(num_mel_bins=MELS), video_transform=tf,
                               even="none", shuffle=False, seed=0)
@@ -262,6 +263,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     p.add_argument("--malloc", choices=["default", "retain"], default="default",
                    help="retain: glibc keeps freed memory (mallopt), so a new sample's output tensors reuse pages "
                         "instead of faulting in fresh ones")
+    p.add_argument("--output", choices=["float", "uint8"], default="float",
+                   help="uint8: the reader stops before the normalisation (data.normalise_video=device: the "
+                        "training device normalises the batch), as a worker feeding a GPU does")
     p.add_argument("--save", action="store_true",
                    help="also write the JSON under benchmarks/results/ (docs/benchmarks.md is generated from it)")
     args = p.parse_args(argv)
@@ -279,7 +283,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             raws = list(iter_shard_samples(ds0.index.urls))
             for crop in args.crop:
                 name = f"{size}-{audio}-{crop}"
-                ds = make_dataset(shard_dir, size, crop)
+                ds = make_dataset(shard_dir, size, crop, args.output)
                 ds._decode(raws[0])  # warm-up (imports, caches)
                 floor_clip(raws[0], ds._decode(raws[0])["segment_starts"].tolist())
                 r = measure(ds, raws, args.rounds, args.profile == name, args.batch)
@@ -293,12 +297,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
            "versions": versions(),
            "settings": {"segments": SEGMENTS, "segment_duration": SEG_DUR, "fps": FPS, "sample_rate": SR,
                         "mels": MELS, "rounds": args.rounds, "files": args.files, "seconds": args.seconds,
-                        "samples": len(raws) if args.sizes else 0, "batch": args.batch, "malloc": args.malloc},
+                        "samples": len(raws) if args.sizes else 0, "batch": args.batch, "malloc": args.malloc,
+                        "output": args.output},
            "argv": list(sys.argv[1:] if argv is None else argv), "cases": cases}
     print(json.dumps(doc))
-    if args.save:  # benchmarks/results/shard_reader_<malloc>_<date>.json, read by benchmarks/report.py
+    if args.save:  # benchmarks/results/shard_reader_<malloc>[_uint8]_<date>.json, read by benchmarks/report.py
+        mode = args.malloc + ("_uint8" if args.output == "uint8" else "")
         out = Path(__file__).resolve().parent / "results" / \
-            f"shard_reader_{args.malloc}_{doc['date'].replace('-', '').replace(':', '')}.json"
+            f"shard_reader_{mode}_{doc['date'].replace('-', '').replace(':', '')}.json"
         tmp = out.with_name(out.name + ".part")
         tmp.write_text(json.dumps(doc, indent=1) + "\n")
         tmp.replace(out)

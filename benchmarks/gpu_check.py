@@ -242,6 +242,7 @@ def part_shards(conf: dict[str, Any], device: torch.device, a: argparse.Namespac
     data = dict(conf["cfg"]["data"], source="shards", path=shard_dir, num_workers=a.workers,
                 persistent_workers=False, pin_memory=device.type == "cuda", val_split="train")
     data["shards"] = dict(data.get("shards") or {}, decode_device="cuda" if device.type == "cuda" else "cpu")
+    data["normalise_video"] = "device"  # workers hand uint8 frames; normalised after the transfer (CPU smoke too)
     dm = AVDataModule(data, seed=0)
     dm.setup("fit")
     loader = dm.train_dataloader()
@@ -257,7 +258,8 @@ def part_shards(conf: dict[str, Any], device: torch.device, a: argparse.Namespac
                     b = ds.finish_batch(b, device)  # type: ignore[union-attr]
                     _sync(device)
                     decode_s.append(time.perf_counter() - t)
-                yield {k: b[k].to(device, non_blocking=True) for k in ("video", "audio")}
+                b = {k: b[k].to(device, non_blocking=True) for k in ("video", "video_uint8", "audio") if k in b}
+                yield dm.on_after_batch_transfer(b, 0)  # uint8 frames -> normalised float, on the device
             epoch += 1
             ds.set_epoch(epoch)  # type: ignore[union-attr]
 

@@ -72,6 +72,7 @@ def run(cfg: dict[str, Any], *, steps: int, warmup: int, workers: int, device: t
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
     batch_size, segments = int(data["batch_size"]), int(data["num_segments"])
+    dm: AVDataModule | None = None
     if synthetic:
         fixed = synthetic_batch(pre, batch_size, segments)
         batches: Any = iter(lambda: fixed, None)
@@ -86,8 +87,13 @@ def run(cfg: dict[str, Any], *, steps: int, warmup: int, workers: int, device: t
                 yield from loader
 
         batches = forever()
-    first = next(batches)
-    first = {k: v.to(device) for k, v in first.items() if k in ("video", "audio")}
+    keys = ("video", "video_uint8", "audio")  # video_uint8: data.normalise_video=device, normalised on the device
+
+    def to_device(b: dict[str, Any]) -> dict[str, Any]:
+        b = {k: v.to(device, non_blocking=True) for k, v in b.items() if k in keys}
+        return dm.on_after_batch_transfer(b, 0) if dm is not None else b
+
+    first = to_device(next(batches))
     flops = step_flops(model, first, autocast)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -95,7 +101,7 @@ def run(cfg: dict[str, Any], *, steps: int, warmup: int, workers: int, device: t
     for i in range(warmup + steps):
         t0 = time.perf_counter()
         b = next(batches)
-        b = {k: v.to(device, non_blocking=True) for k, v in b.items() if k in ("video", "audio")}
+        b = to_device(b)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         t1, c1 = time.perf_counter(), time.process_time()

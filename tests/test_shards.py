@@ -424,3 +424,49 @@ def test_python_writer_defaults_equal_the_config_defaults():
     conf = config_defaults()
     py = dataclasses.asdict(ShardWriteConfig())
     assert {k: py[k] for k in conf if k != "fbank"} == {k: v for k, v in conf.items() if k != "fbank"}
+
+
+@pytest.mark.parametrize("source", ["shards", "folder"])
+def test_datamodule_normalise_video_on_device(shard_dir: Path, source: str):
+    """data.normalise_video=device: the workers hand cropped uint8 frames (``video_uint8``, channels last, a
+    quarter of the bytes) and the transfer hook normalises them where the batch is, giving exactly the batch
+    ``workers`` gives; the deferred JPEG path normalises as before; auto on a CPU trainer keeps ``workers``; a
+    bad value fails naming the key."""
+    from hydra import compose, initialize_config_module
+    from omegaconf import OmegaConf
+
+    from avssl.lit.datamodule import AVDataModule
+
+    where = (["data=shards", f"data.path={shard_dir / 'out'}", "data.val_split=train"] if source == "shards" else
+             ["data=folder", f"data.path={shard_dir / 'demo'}", "data.val_fraction=0.5"])
+
+    def module(mode: str) -> AVDataModule:
+        with initialize_config_module("avssl.conf", version_base="1.3"):
+            cfg = compose("train", overrides=[
+                *where, "data.num_workers=0", "data.batch_size=2", "data.num_segments=2",
+                "data.segment_duration=0.25", "data.frame_size=48", "data.augment.crop_scale=[0.5,1.0]",
+                f"data.normalise_video={mode}"])
+        dm = AVDataModule(OmegaConf.to_container(cfg.data, resolve=True), seed=0)  # type: ignore[arg-type]
+        dm.setup("fit")
+        return dm
+
+    ref = next(iter(module("workers").train_dataloader()))
+    dm = module("device")
+    raw = next(iter(dm.train_dataloader()))
+    assert "video" not in raw and raw["video_uint8"].dtype == torch.uint8
+    assert raw["video_uint8"].shape == (2, 2, 2, 48, 48, 3)
+    done = dm.on_after_batch_transfer(raw, 0)
+    assert "video_uint8" not in done
+    torch.testing.assert_close(done["video"], ref["video"], rtol=0, atol=0)
+    val = dm.on_after_batch_transfer(next(iter(dm.val_dataloader())), 0)
+    torch.testing.assert_close(val["video"], next(iter(module("workers").val_dataloader()))["video"], rtol=0, atol=0)
+    if source == "shards":
+        ds = dm.train_set
+        ds.defer_video = True  # type: ignore[union-attr]
+        deferred = dm.on_before_batch_transfer(next(iter(dm.train_dataloader())), 0)
+        assert deferred["video"].dtype == torch.float32
+        torch.testing.assert_close(deferred["video"], ref["video"], rtol=0, atol=0.05)
+    if not torch.cuda.is_available():
+        assert "video" in next(iter(module("auto").train_dataloader()))
+    with pytest.raises(ValueError, match="data.normalise_video must be"):
+        module("gpu")

@@ -150,3 +150,24 @@ def test_specaugment_errors() -> None:
         SpecAugment(freq_mask=-1)
     with pytest.raises(ValueError, match="frames, mels"):
         SpecAugment(time_mask=2)(torch.zeros(5))
+
+
+@pytest.mark.parametrize("train", [True, False])
+@pytest.mark.parametrize("clip", [True, False])
+def test_uint8_output_then_normalize_equals_float_output(train: bool, clip: bool) -> None:
+    """``output="uint8"`` + ``normalize`` (later, batched) gives exactly what ``output="float"`` gives, with the
+    same crop / resize / flip draw; the uint8 frames keep the channels-last layout."""
+    g = torch.Generator().manual_seed(3)
+    frames = torch.randint(0, 256, ((2, 3) if clip else (3,)) + (40, 56, 3), dtype=torch.uint8, generator=g)
+    kw = dict(train=train, scale=(0.3, 1.0), hflip_p=0.5, mean=(0.4, 0.5, 0.6), std=(0.2, 0.25, 0.3))
+    for seed in range(4):
+        want = VideoTransform(32, **kw)(frames, generator=torch.Generator().manual_seed(seed))
+        tf = VideoTransform(32, output="uint8", **kw)
+        got = tf(frames, generator=torch.Generator().manual_seed(seed))
+        assert got.dtype == torch.uint8 and got.shape == frames.shape[:-3] + (32, 32, 3) and got.is_contiguous()
+        torch.testing.assert_close(tf.normalize(got), want, rtol=0, atol=0)
+        torch.testing.assert_close(tf.normalize(torch.stack([got, got]))[1], want, rtol=0, atol=0)  # batched
+    with pytest.raises(ValueError, match="output must be"):
+        VideoTransform(32, output="half")
+    with pytest.raises(ValueError, match="normalize expects uint8"):
+        VideoTransform(32).normalize(torch.zeros(3, 8, 8, 3))

@@ -29,7 +29,14 @@ from avssl.data.features import FbankConfig
 from avssl.data.manifest import Manifest, ManifestRow, read_manifest
 from avssl.data.media import MediaReader, probe
 from avssl.data.orient import row_orient
-from avssl.data.preprocess import PreprocessSpec, SegmentCut, audio_window, cut_audio, cut_video
+from avssl.data.preprocess import (
+    PreprocessSpec,
+    SegmentCut,
+    audio_window,
+    cut_audio,
+    cut_video,
+    video_entries,
+)
 from avssl.data.preprocess import decode_size as auto_decode_size
 from avssl.data.sampling import (
     ClipSpec,
@@ -346,7 +353,7 @@ class AVClipDataset(Dataset[dict[str, Any]]):
                 video = self.video_transform(cut.frames, params=view)
             else:
                 video = self.video_transform(cut.frames)
-            sample["video"], sample["video_valid"] = video.float(), cut.frames_valid
+            sample.update(video_entries(video, cut.frames_valid))
         if "audio" in self.modalities:
             spec, audio_valid = self.spec.audio_features(cut.audio, cut.audio_valid)  # [S, 1, F, M], [S, F]
             if isinstance(self.audio_transform, SpecAugment):

@@ -33,7 +33,7 @@ from avssl.data.sampling import ClipSpec
 from avssl.data.transforms import IMAGENET_MEAN, IMAGENET_STD, SpecAugment, VideoTransform
 
 __all__ = ["EPS", "PreprocessSpec", "Preprocessor", "SegmentCut", "audio_window", "clip_inputs", "cut_audio",
-           "cut_audio_valid", "cut_video", "decode_size", "resample", "select_latest"]
+           "cut_audio_valid", "cut_video", "decode_size", "resample", "select_latest", "video_entries"]
 
 EPS = 1e-6  # seconds: a frame whose time is within EPS after a target still counts as on screen at it
 
@@ -193,7 +193,8 @@ class SegmentCut:
 def clip_inputs(spec: PreprocessSpec, cut: SegmentCut, *, video_transform: Callable[[Tensor], Tensor] | None,
                 audio_transform: Callable[[Tensor], Tensor] | None, generator: torch.Generator | None,
                 modalities: Sequence[str] = ("video", "audio"), mel: Tensor | None = None) -> dict[str, Tensor]:
-    """One clip's raw segments -> the model inputs of a sample: ``video`` float32 ``[S, 3, T, h, w]`` and
+    """One clip's raw segments -> the model inputs of a sample: ``video`` float32 ``[S, 3, T, h, w]`` (or, from a
+    ``VideoTransform(output="uint8")``, ``video_uint8`` uint8 ``[S, T, h, w, 3]`` for ``normalize`` later) and
     ``video_valid``, ``audio`` (normalised log-mel ``[S, 1, F, M]``, ``mel``: its raw log-mel when stored) and
     ``audio_valid``, for the ``modalities`` asked for. A ``VideoTransform`` draws one crop/flip for the whole clip
     from ``generator``, then a ``SpecAugment`` its masks (every dataset draws in this order)."""
@@ -205,7 +206,7 @@ def clip_inputs(spec: PreprocessSpec, cut: SegmentCut, *, video_transform: Calla
             video = video_transform(cut.frames)
         else:
             raise ValueError("clip_inputs: the video modality needs a video transform")
-        out["video"], out["video_valid"] = video.float(), cut.frames_valid
+        out.update(video_entries(video, cut.frames_valid))
     if "audio" in modalities:
         feats, audio_valid = spec.audio_features(cut.audio, cut.audio_valid, mel=mel)  # [S, 1, F, M], [S, F]
         if isinstance(audio_transform, SpecAugment):
@@ -214,6 +215,15 @@ def clip_inputs(spec: PreprocessSpec, cut: SegmentCut, *, video_transform: Calla
             feats = audio_transform(feats)
         out["audio"], out["audio_valid"] = feats.float(), audio_valid
     return out
+
+
+def video_entries(video: Tensor, valid: Tensor) -> dict[str, Tensor]:
+    """A sample's video keys from a transform's output: float ``video`` ``[S, 3, T, h, w]``, or, from a
+    ``VideoTransform(output="uint8")``, ``video_uint8`` ``[S, T, h, w, 3]`` (normalised once the batch has moved:
+    ``AVDataModule.on_after_batch_transfer``); with ``video_valid`` ``[S, T]``."""
+    if video.dtype == torch.uint8:
+        return {"video_uint8": video, "video_valid": valid}
+    return {"video": video.float(), "video_valid": valid}
 
 
 def select_latest(times: Tensor, targets: np.ndarray | Tensor) -> tuple[Tensor, Tensor]:

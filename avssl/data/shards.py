@@ -689,7 +689,8 @@ class ShardedClipDataset(IterableDataset[dict[str, Any]]):
             clip = clip_frames(images[i : i + len(g)], batch["video_pos"][b])
             i += len(g)
             top, left, h, w, flip = (int(x) for x in batch["video_crop"][b])
-            out.append(tf(clip, params=CropParams(top, left, h, w, bool(flip))).float())
+            v = tf(clip, params=CropParams(top, left, h, w, bool(flip)))
+            out.append(tf.normalize(v) if v.dtype == torch.uint8 else v.float())
         batch["video"] = torch.stack(out)
         del batch["video_pos"], batch["video_crop"]
         return batch

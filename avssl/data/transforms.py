@@ -46,6 +46,11 @@ class VideoTransform:
     """uint8 frames ``[T, H, W, 3]`` -> float32 ``[3, T, h, w]`` normalised (also ``[S, T, H, W, 3]`` ->
     ``[S, 3, T, h, w]``).
 
+    ``output="uint8"`` stops before the normalisation: cropped, resized and flipped uint8 frames in the input's
+    channels-last layout (``[T, h, w, 3]`` / ``[S, T, h, w, 3]``), a quarter of the bytes; :meth:`normalize`
+    finishes them later, anywhere (the datamodule does it on the training device, ``data.normalise_video``), with
+    the same result as ``output="float"``.
+
     - eval (``train=False``): resize (aspect kept) until ``size`` just fits, centre crop ``size`` (a square
       ``size`` means: short side to ``size``);
     - train: random resized crop (area fraction ``scale``, aspect ``ratio``, as torchvision's RandomResizedCrop)
@@ -62,7 +67,11 @@ class VideoTransform:
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
         share_params: bool = True,
+        output: str = "float",
     ):
+        if output not in ("float", "uint8"):
+            raise ValueError(f"VideoTransform: output must be 'float' or 'uint8', got {output!r}")
+        self.output = output
         self.size = (int(size), int(size)) if isinstance(size, int) else (int(size[0]), int(size[1]))
         if min(self.size) < 1:
             raise ValueError(f"VideoTransform: size must be positive, got {size}")
@@ -87,7 +96,7 @@ class VideoTransform:
     def __repr__(self) -> str:
         return (
             f"VideoTransform(size={self.size}, train={self.train}, scale={self.scale}, ratio={self.ratio}, "
-            f"hflip_p={self.hflip_p}, share_params={self.share_params})"
+            f"hflip_p={self.hflip_p}, share_params={self.share_params}, output={self.output!r})"
         )
 
     def sample_params(self, height: int, width: int, generator: torch.Generator | None = None) -> CropParams:
@@ -131,7 +140,8 @@ class VideoTransform:
         """uint8 ``[S, T, H, W, 3]`` -> float32 ``[S, 3, T, h, w]`` with one box for every frame: the crop is a view;
         a box of another size than the output is resized once for all S x T frames (channels-last, torchvision's
         native uint8 kernel), none at all when it already has the output size; the flip is on uint8; then one pass
-        to float with the normalisation folded into a scale and a shift."""
+        to float with the normalisation folded into a scale and a shift (:meth:`normalize`), or, with
+        ``output="uint8"``, one contiguous uint8 copy ``[S, T, h, w, 3]``."""
         s, t = int(frames.shape[0]), int(frames.shape[1])
         x = frames[:, :, p.top : p.top + p.height, p.left : p.left + p.width]
         if (p.height, p.width) != self.size:
@@ -140,11 +150,23 @@ class VideoTransform:
             x = y.permute(0, 2, 3, 1).reshape(s, t, *self.size, 3)
         if p.flip:
             x = x.flip(-2)
+        if self.output == "uint8":
+            return x.contiguous()
+        return self.normalize(x)
+
+    def normalize(self, frames: torch.Tensor) -> torch.Tensor:
+        """uint8 ``[..., T, h, w, 3]`` (what ``output="uint8"`` gives, batched or not) -> float32
+        ``[..., 3, T, h, w]``: ``(x / 255 - mean) / std`` in one pass, on the frames' device."""
+        if frames.dtype != torch.uint8 or frames.dim() < 4 or frames.shape[-1] != 3:
+            raise ValueError(f"VideoTransform.normalize expects uint8 [..., T, h, w, 3], got "
+                             f"{frames.dtype} {tuple(frames.shape)}")
+        lead = frames.shape[:-4]
+        x = frames.reshape(-1, *frames.shape[-4:])  # [N, T, h, w, 3]
         scale, shift = self._affine(x.device)
-        xv = x.permute(0, 4, 1, 2, 3)  # [S, 3, T, h, w], a view
+        xv = x.permute(0, 4, 1, 2, 3)  # [N, 3, T, h, w], a view
         out = torch.empty(xv.shape, dtype=torch.float32, device=x.device)
         torch.mul(xv, scale, out=out)
-        return out.add_(shift)
+        return out.add_(shift).reshape(*lead, *out.shape[1:])
 
     def _affine(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """``(x / 255 - mean) / std`` as ``x * scale + shift``, per channel, shaped ``[1, 3, 1, 1, 1]``."""

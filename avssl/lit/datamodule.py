@@ -242,6 +242,7 @@ class AVDataModule(pl.LightningDataModule):
         self.train_set: EpochClips | None = None
         self.val_set: AVClipDataset | None = None
         self.manifest_path: str | None = None
+        self.video_normaliser: VideoTransform | None = None
 
     # --- datasets -------------------------------------------------------------------------------------------
 
@@ -269,7 +270,9 @@ class AVDataModule(pl.LightningDataModule):
             int(c["frame_size"]), train=train,
             scale=tuple(aug.get("crop_scale", (1.0, 1.0))), ratio=tuple(aug.get("crop_ratio", (1.0, 1.0))),
             hflip_p=float(aug.get("hflip_p", 0.0)), mean=c["video_mean"], std=c["video_std"],
+            output="uint8" if self._normalise_on_device() else "float",
         )
+        self.video_normaliser = video_tf  # normalises the batches' uint8 frames on the device (same mean / std)
         audio_tf = None
         if train and int(aug.get("num_masks", 0)) > 0:
             audio_tf = SpecAugment(int(aug.get("freq_mask", 0)), int(aug.get("time_mask", 0)), int(aug["num_masks"]))
@@ -329,6 +332,24 @@ class AVDataModule(pl.LightningDataModule):
         log.info("shards: %s frames decoded %s (data.shards.decode_device=%s)", index.config.get("format", "h264"),
                  f"in the main process on {device}, one batched call per batch" if defer else "in the workers", mode)
         return defer
+
+    def _normalise_on_device(self) -> bool:
+        """``data.normalise_video``: ``device`` (workers hand cropped uint8 frames, a quarter of the bytes, and
+        :meth:`on_after_batch_transfer` normalises them on the training device), ``workers`` (float from the
+        workers), ``auto`` (``device`` when training on CUDA)."""
+        mode = str(self.cfg.get("normalise_video", "auto"))
+        if mode not in ("auto", "workers", "device"):
+            raise ValueError(f"data.normalise_video must be auto, workers or device, got {mode!r}")
+        return mode == "device" or (mode == "auto" and self._device().type == "cuda")
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Batches of uint8 frames (``data.normalise_video``): ``video_uint8`` ``[B, S, T, h, w, 3]`` becomes the
+        normalised float ``video`` ``[B, S, 3, T, h, w]`` where the batch now is (the training device)."""
+        if isinstance(batch, dict) and "video_uint8" in batch:
+            if self.video_normaliser is None:
+                raise RuntimeError("AVDataModule: a batch of uint8 frames before setup() made its transforms")
+            batch["video"] = self.video_normaliser.normalize(batch.pop("video_uint8"))
+        return batch
 
     def _device(self) -> torch.device:
         trainer = self.trainer

@@ -345,7 +345,8 @@ class ExactResumeCallback(Callback):
 # ---------------------------------------------------------------------------------------------------- checks
 
 # data settings that may change between a run and its resume: they do not change what is trained on
-RESUME_FREE_DATA_KEYS = ("num_workers", "pin_memory", "persistent_workers", "worker_retain_memory", "path", "demo.cache_dir",
+RESUME_FREE_DATA_KEYS = ("num_workers", "pin_memory", "persistent_workers", "worker_retain_memory", "normalise_video",
+                         "path", "demo.cache_dir",
                          "shards.url_template", "shards.decode_device", "shards.write")
 
 
