@@ -454,13 +454,21 @@ def decode_audio_window(
     end = start + duration
     first_ts = float(stream.start_time * stream.time_base - origin) if stream.start_time is not None else None
 
-    clocks: dict[Fraction, StreamClock] = {}
+    # One clock per time base, looked up once: a decoder's frames all carry their packets' time base and a
+    # resampler's outputs its own (fixed when it is built), and PyAV builds a new Fraction on every ``time_base``
+    # read, which (hashed and multiplied per frame) had cost more CPU than decoding the AAC itself.
+    origin_s = float(origin)
+    packet_clock = StreamClock(stream.time_base, origin) if stream.time_base is not None else None
+    clocks: dict[str, StreamClock | None] = {"in": None, "out": None}
 
-    def seconds(ts: int, tb: Fraction) -> float:
-        clock = clocks.get(tb)
+    def clock_of(kind: str, frame: Any) -> StreamClock | None:
+        clock = clocks[kind]
         if clock is None:
-            clock = clocks[tb] = StreamClock(tb, origin)
-        return clock.seconds(ts)
+            tb = frame.time_base
+            if tb is None:
+                return None
+            clock = clocks[kind] = StreamClock(tb, origin)
+        return clock
 
     # Timestamps are only as precise as the stream's time base: Matroska keeps whole milliseconds, so frames placed
     # one by one by their own timestamps landed up to half a tick off each, with overlaps and one-sample gaps
@@ -473,9 +481,13 @@ def decode_audio_window(
     pending: list[tuple[float, np.ndarray]] = []  # (position in samples from ``start``, [C, m] samples)
 
     def place(out: Any) -> None:
-        if out.pts is None or out.time_base is None or out.samples <= 0:
+        pts = out.pts
+        if pts is None or out.samples <= 0:
             return
-        t0 = seconds(out.pts, out.time_base)
+        clock = clock_of("out", out)
+        if clock is None:
+            return
+        t0 = clock.seconds(pts)
         arr = out.to_ndarray()
         if arr.shape[0] != channels:  # packed layout
             arr = arr.reshape(-1, channels).T
@@ -511,6 +523,7 @@ def decode_audio_window(
         valid[:] = False
         pending.clear()
         resampler = av.AudioResampler(format="fltp", layout=layout, rate=sample_rate)
+        clocks["in"] = clocks["out"] = None  # a new decoder and resampler
         first_seen: float | None = None
         next_pts: float | None = None
         decoded_any = False
@@ -520,12 +533,14 @@ def decode_audio_window(
                 stop = False
                 for frame in frames:
                     decoded_any = True
-                    if frame.pts is None and next_pts is not None:  # no timestamp: continue from the last
-                        frame.pts = int(round(next_pts / frame.time_base))
-                    if frame.pts is None or frame.time_base is None:
+                    pts = frame.pts
+                    if pts is None and next_pts is not None and frame.time_base is not None:
+                        pts = frame.pts = int(round(next_pts / frame.time_base))  # no timestamp: go on from the last
+                    clock = clock_of("in", frame) if pts is not None else None
+                    if clock is None:
                         continue
-                    t = seconds(frame.pts, frame.time_base)
-                    next_pts = t + float(origin) + frame.samples / frame.sample_rate
+                    t = clock.seconds(pts)
+                    next_pts = t + origin_s + frame.samples / frame.sample_rate
                     if first_seen is None:
                         first_seen = t
                     if t > end + AUDIO_TAIL:
@@ -537,13 +552,14 @@ def decode_audio_window(
                         for out in resampler.resample(None):
                             place(out)
                         resampler = av.AudioResampler(format="fltp", layout=layout, rate=sample_rate)
+                        clocks["out"] = None
                         outs = resampler.resample(frame)
                     for out in outs:
                         place(out)
                 if stop:
                     break
-                if packet.dts is not None and packet.time_base is not None:
-                    if float(packet.dts * packet.time_base) - origin > end + AUDIO_TAIL + 2.0:
+                if packet.dts is not None and packet_clock is not None:
+                    if packet_clock.seconds(packet.dts) > end + AUDIO_TAIL + 2.0:
                         past += 1
                         if past > MAX_PACKETS_PAST_END:
                             break
