@@ -488,10 +488,16 @@ def decode_audio_window(
         if clock is None:
             return
         t0 = clock.seconds(pts)
-        arr = out.to_ndarray()
-        if arr.shape[0] != channels:  # packed layout
-            arr = arr.reshape(-1, channels).T
-        pending.append(((t0 - start) * sample_rate, arr[:, : out.samples]))
+        m = out.samples
+        planes = out.planes
+        if len(planes) == channels:  # planar float (what the resampler makes): one view per channel, no vstack
+            arr = np.stack([np.frombuffer(p, np.float32, count=m) for p in planes]) if channels > 1 else \
+                np.frombuffer(planes[0], np.float32, count=m)[None]
+        else:
+            arr = out.to_ndarray()
+            if arr.shape[0] != channels:  # packed layout
+                arr = arr.reshape(-1, channels).T
+        pending.append(((t0 - start) * sample_rate, arr[:, :m]))
 
     def lay_down() -> None:
         k = 0
