@@ -13,7 +13,9 @@ What is measured, in one process with ``torch.set_num_threads(1)``:
   writer (``avssl.data_tools.shards.write_shards``) in every representation it offers, at 112 and 224 px, at the
   training fps, read through ``AVDataModule`` with ``data=shards``.
 - **Clips.** Batches of 8 clips of 4 x 0.5 s segments at 8 fps, 128-bin log-mel (the training defaults of
-  ``conf/data/manifest.yaml`` with ``data.frame_size`` set per case).
+  ``conf/data/manifest.yaml`` with ``data.frame_size`` set per case). JPEG shards are read twice: as on a CPU
+  trainer (float frames, normalised in the reader) and, case ``... uint8``, as a worker feeding a GPU reads them
+  (``data.normalise_video=device``: cropped uint8 frames, normalised on the device after the transfer).
 - **Floors.** The same windows of the same bytes decoded by the plainest code: PyAV seeking, decoding, converting
   the frames on screen at the clip's instants to RGB at the stored/target size and resampling the audio (raw files
   and H.264 shards, from memory for shards); ``torchvision.io.decode_jpeg`` on the same JPEG bytes plus the audio
@@ -676,6 +678,14 @@ def run(s: Settings, cache: Path, work: Path, log: Callable[[str], None],
             for w in s.workers:
                 scaling.append({"case": name, **measure_workers(s, data, w)})
             log(f"{name}: {r['clips_per_cpu_s']:.1f} clips/CPU-s, floor {r['floor_clips_per_cpu_s']:.1f}")
+            if rep.format == "jpeg":  # what a worker feeding a GPU does: uint8 out, normalised on the device
+                uname = f"{name} uint8"
+                udata = data_config(s, ["data=shards", f"data.path={out}", f"data.frame_size={px}",
+                                        "data.normalise_video=device"])
+                r = measure_case(s, udata, ShardFloor(s, out), "key")
+                throughput.append({"case": uname, "source": "shards", "media": s.shard_source, "format": rep.name,
+                                   "size": px, "normalise_video": "device", **r})
+                log(f"{uname}: {r['clips_per_cpu_s']:.1f} clips/CPU-s, floor {r['floor_clips_per_cpu_s']:.1f}")
     return {"media": doc_media, "representations": reps, "throughput": throughput, "scaling": scaling}
 
 

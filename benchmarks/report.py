@@ -198,12 +198,13 @@ def shard_reader_section(runs: list[tuple[dict[str, Any], Path]]) -> str:
     for doc, src in runs:
         m, v, st = doc["machine"], doc["versions"], doc["settings"]
         lines.append(f"- `{_rel(src)}`: `python benchmarks/bench_shard_reader.py {' '.join(doc.get('argv', []))}`"
-                     f" ({doc['date']}, malloc {st['malloc']}, {st['rounds']} rounds; load average "
+                     f" ({doc['date']}, malloc {st['malloc']}, output {st.get('output', 'float')}, "
+                     f"{st['rounds']} rounds; load average "
                      f"{[round(x, 2) for x in m['load_before']]} -> {[round(x, 2) for x in m['load_after']]}; "
                      f"torch {v['torch']}, torchvision {v['torchvision']}, PyAV {v['av']}).")
     lines += ["", "| case (px-audio-crop) | " + " | ".join(
-        f"malloc {d['settings']['malloc']}: reader / floor clips per CPU-s (ratio), faults per clip"
-        for d, _ in runs) + " |", "| --- |" + " --- |" * len(runs)]
+        f"malloc {d['settings']['malloc']}{', uint8 out' if d['settings'].get('output') == 'uint8' else ''}: "
+        "reader / floor clips per CPU-s (ratio), faults per clip" for d, _ in runs) + " |", "| --- |" + " --- |" * len(runs)]
     cases = [c["case"] for c in runs[0][0]["cases"]]
     for case in cases:
         cells = []
@@ -278,7 +279,8 @@ def render(text: str, results: Path = RESULTS, scaling_text: str | None = None
     if src is not None and data_doc is not None and scaling_text is not None:
         scaling_text = replace_section(scaling_text, "representation", representation_section(data_doc, src))
     readers = [(json.loads(p.read_text()), p) for p in (newest(f"shard_reader_{mode}_*.json", results)
-                                                         for mode in ("default", "retain")) if p is not None]
+                                                         for mode in ("default", "retain", "retain_uint8"))
+               if p is not None]
     if readers:
         text = replace_section(text, "shard_reader", shard_reader_section(readers))
     tsrc = newest("train_throughput_*.json", results)
