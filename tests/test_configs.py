@@ -12,13 +12,15 @@ from omegaconf import OmegaConf
 
 from avssl.config import TrainConfig, register_configs
 
-EXPERIMENTS = ["sync_contrastive", "masked_av", "sync_masked"]
+EXPERIMENTS = ["sync_contrastive", "masked_av", "sync_masked", "sync_small"]
 FAMILIES = ["cnn", "vit"]
 EXPECTED_WEIGHTS = {
     "sync_contrastive": {"sync": 1.0},
     "masked_av": {"joint_mae": 1.0, "joint_contrastive": 0.01},
     "sync_masked": {"sync": 1.0, "mae_video": 0.5, "mae_audio": 0.5},
+    "sync_small": {"sync": 1.0},
 }
+NEEDS_PATH = {"sync_small"}  # experiments on data=folder: the user names the folder
 
 
 def _compose(overrides: list[str] | None = None, hydra_cfg: bool = False):
@@ -52,7 +54,8 @@ def test_default_config_is_the_demo_run():
 @pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_every_experiment_composes_with_every_family(experiment: str, family: str):
-    cfg = _compose([f"experiment={experiment}", f"model={family}"])
+    cfg = _compose([f"experiment={experiment}", f"model={family}",
+                    *(["data.path=/some/where"] if experiment in NEEDS_PATH else [])])
     assert cfg.task_name == experiment
     assert cfg.model.family == family
     weights = {k: v for k, v in OmegaConf.to_container(cfg.objective.weights).items() if v}
@@ -68,10 +71,20 @@ def test_every_option_of_every_group_composes(group: str):
     assert options, f"config group {group} is empty"
     for option in options:
         overrides = [f"{group}={option}"]
-        if group == "data" and option != "demo":
+        if (group == "data" and option != "demo") or (group == "experiment" and option in NEEDS_PATH):
             overrides.append("data.path=/some/where")
         cfg = _compose(overrides)
         OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+
+
+def test_sync_small_is_the_learning_benchmark_recipe():
+    """experiment=sync_small carries exactly the settings docs/results.md measured on top of data=folder."""
+    cfg = _compose(["experiment=sync_small", "data.path=/some/where"])
+    plain = _compose(["data=folder", "data.path=/some/where", "data.num_segments=8", "model.proj_hidden=256",
+                      "model.proj_layers=2", "optimizer.lr=2e-3", "optimizer.warmup_fraction=0.2"])
+    drop = {"task_name", "tags"}
+    assert ({k: v for k, v in OmegaConf.to_container(cfg).items() if k not in drop}
+            == {k: v for k, v in OmegaConf.to_container(plain).items() if k not in drop})
 
 
 def test_debug_options_combine():
