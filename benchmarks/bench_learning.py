@@ -3,6 +3,8 @@ on other media"): generate -> ``avssl-train data=folder`` -> ``avssl-export`` ->
 installed console scripts, one after the other.
 
     python benchmarks/bench_learning.py [--work DIR] [--seeds 0 1 2] [--train-args ...] [--out JSON]
+    # the recipe that meets the targets (docs/results.md):
+    python benchmarks/bench_learning.py --train-args experiment=sync_small data.clips_per_file=4 trainer.max_epochs=10
 
 1. ``avssl-synth`` writes the training folder (64 recordings x 10 s, seed 0) and a held-out folder of other
    recordings (72 x 10 s, seed 1: other scenes, same statistics), both under ``--work``;
