@@ -336,11 +336,13 @@ class AVDataModule(pl.LightningDataModule):
     def _normalise_on_device(self) -> bool:
         """``data.normalise_video``: ``device`` (workers hand cropped uint8 frames, a quarter of the bytes, and
         :meth:`on_after_batch_transfer` normalises them on the training device), ``workers`` (float from the
-        workers), ``auto`` (``device`` when training on CUDA)."""
+        workers), ``auto`` (``device`` when a Trainer trains on CUDA)."""
         mode = str(self.cfg.get("normalise_video", "auto"))
         if mode not in ("auto", "workers", "device"):
             raise ValueError(f"data.normalise_video must be auto, workers or device, got {mode!r}")
-        return mode == "device" or (mode == "auto" and self._device().type == "cuda")
+        # auto: only under a Trainer on CUDA, whose transfer hook is sure to run (a loader iterated by hand keeps
+        # getting normalised float video)
+        return mode == "device" or (mode == "auto" and self.trainer is not None and self._device().type == "cuda")
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         """Batches of uint8 frames (``data.normalise_video``): ``video_uint8`` ``[B, S, T, h, w, 3]`` becomes the
