@@ -352,6 +352,9 @@ def test_offset_clip_of_segments_is_the_mean_of_its_segments(media: Path, bundle
     m2, _, _ = ev.evaluate_offsets(pair, [item, item], min_offset=-0.5, max_offset=0.5, step=0.5,
                                    clip_seconds=0.5, progress=False)
     assert m2["num_clips"] == 2
+    with pytest.raises(ValueError, match="clip_seconds must be positive"):
+        ev.evaluate_offsets(pair, [item], min_offset=-0.5, max_offset=0.5, step=0.5, clip_seconds=-1.0,
+                            progress=False)
     with pytest.raises(ValueError, match="long enough"):
         ev.evaluate_offsets(pair, [item], min_offset=-0.5, max_offset=0.5, step=0.5, clip_seconds=too_long,
                             progress=False)

@@ -69,6 +69,8 @@ def evaluate_offsets(
     their per-segment similarities (``offset_similarities``). Returns metrics, the similarities ``[N, K]`` and
     the grid."""
     offsets = offset_grid(min_offset, max_offset, step)
+    if clip_seconds is not None and not clip_seconds > 0:
+        raise ValueError(f"offset.clip_seconds must be positive (or null: one segment), got {clip_seconds}")
     n_seg = pair.segments_in(float(clip_seconds)) if clip_seconds else 1
     spec = pair.video.preprocessor.spec
     seg = (n_seg - 1) * spec.segment_stride + spec.segment_duration  # the clip's span
