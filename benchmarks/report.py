@@ -192,6 +192,21 @@ def train_section(doc: dict[str, Any], source: Path) -> str:
     return "\n".join(lines)
 
 
+SHARD_READER_RUNS = (("default", "float"), ("retain", "float"), ("retain", "uint8"))  # the columns, in order
+
+
+def newest_shard_reader(results: Path, malloc: str, output: str) -> Path | None:
+    """The newest bench_shard_reader JSON run with ``--malloc malloc --output output``, chosen by the run's own
+    settings (a file-name glob such as ``shard_reader_retain_*`` also matches the ``retain_uint8`` runs)."""
+    found = []
+    for p in sorted(results.glob("shard_reader_*.json")):
+        doc = json.loads(p.read_text())
+        st = doc.get("settings", {})
+        if st.get("malloc") == malloc and st.get("output", "float") == output:
+            found.append((str(doc.get("date", "")), p.name, p))
+    return max(found)[2] if found else None
+
+
 def shard_reader_section(runs: list[tuple[dict[str, Any], Path]]) -> str:
     """Markdown for bench_shard_reader JSONs (one per ``--malloc`` mode), side by side."""
     lines = []
@@ -278,8 +293,8 @@ def render(text: str, results: Path = RESULTS, scaling_text: str | None = None
         text = replace_section(text, "bench_data", bench_data_section(data_doc, src, baseline=base))
     if src is not None and data_doc is not None and scaling_text is not None:
         scaling_text = replace_section(scaling_text, "representation", representation_section(data_doc, src))
-    readers = [(json.loads(p.read_text()), p) for p in (newest(f"shard_reader_{mode}_*.json", results)
-                                                         for mode in ("default", "retain", "retain_uint8"))
+    readers = [(json.loads(p.read_text()), p) for p in (newest_shard_reader(results, malloc, output)
+                                                         for malloc, output in SHARD_READER_RUNS)
                if p is not None]
     if readers:
         text = replace_section(text, "shard_reader", shard_reader_section(readers))

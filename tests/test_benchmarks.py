@@ -186,3 +186,19 @@ def test_gpu_check_cpu_smoke(tmp_path: Path) -> None:
     fsdp = doc["parts"]["fsdp"]  # it failed on the 0-d temperature parameter before that became [1]
     assert fsdp["status"] == "ok", fsdp
     assert fsdp["losses_finite"] and fsdp["fsdp_units"] > 1
+
+
+def test_shard_reader_runs_are_chosen_by_their_settings(tmp_path: Path) -> None:
+    """Each column of the shard-reader table is the newest run with its own --malloc/--output, whatever the file
+    names (``shard_reader_retain_*`` also matches the retain uint8 runs, which once filled two columns)."""
+    runs = {"shard_reader_default_1.json": ("default", None, "2026-01-01"),
+            "shard_reader_retain_1.json": ("retain", "float", "2026-01-01"),
+            "shard_reader_retain_uint8_2.json": ("retain", "uint8", "2026-01-02"),
+            "shard_reader_retain_uint8_1.json": ("retain", "uint8", "2026-01-01")}
+    for name, (malloc, output, date) in runs.items():
+        settings = {"malloc": malloc} if output is None else {"malloc": malloc, "output": output}
+        (tmp_path / name).write_text(json.dumps({"date": date, "settings": settings}))
+    pick = [report.newest_shard_reader(tmp_path, m, o) for m, o in report.SHARD_READER_RUNS]
+    assert [p.name if p else None for p in pick] == [
+        "shard_reader_default_1.json", "shard_reader_retain_1.json", "shard_reader_retain_uint8_2.json"]
+    assert report.newest_shard_reader(tmp_path, "default", "uint8") is None
