@@ -84,6 +84,9 @@ class DataConfig:
     train_split: str = "train"
     val_split: str = "val"
     val_fraction: float = 0.1  # source=folder only: share of files held out for validation
+    # source=folder only: seed of that split (null: the run's `seed`); fixed, so a seed sweep keeps one validation
+    # set and one training set and only the training randomness changes
+    split_seed: Optional[int] = 0
     label_column: Optional[str] = "label"
     # clip geometry (avssl.data.sampling.ClipSpec): `num_segments` segments of `segment_duration` seconds
     num_segments: int = 4

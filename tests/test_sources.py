@@ -81,3 +81,28 @@ def test_a_registered_source_reaches_evaluation(tree: Path):
         assert len(items) == 6 and {it.label for it in items} == {"x"}
     finally:
         sources._SOURCES.pop("test_listing")
+
+
+def test_folder_split_stays_put_across_run_seeds(tree: Path):
+    """``data.split_seed`` (default 0) keys the folder split, not the run's ``seed``: a seed sweep trains and
+    validates on the same files; ``split_seed: null`` follows the run's seed."""
+    from hydra import compose, initialize_config_module
+    from omegaconf import OmegaConf
+
+    from avssl.lit.datamodule import AVDataModule
+
+    def splits(seed: int, *overrides: str) -> dict[str, str]:
+        with initialize_config_module("avssl.conf", version_base="1.3"):
+            cfg = compose("train", overrides=["data=folder", f"data.path={tree}", "data.val_fraction=0.5",
+                                              *overrides])
+        dm = AVDataModule(OmegaConf.to_container(cfg.data, resolve=True), seed=seed)  # type: ignore[arg-type]
+        return {Path(r.path).name: r.split for r in dm._rows()}
+
+    fixed = [splits(s) for s in range(4)]
+    assert all(f == fixed[0] for f in fixed) and set(fixed[0].values()) == {"train", "val"}
+    assert fixed[0] == {Path(r.path).name: r.split
+                        for r in sources.source_rows("folder", tree, {"val_fraction": 0.5, "seed": 0}).rows}
+    following = [splits(s, "data.split_seed=null") for s in range(4)]
+    assert len({tuple(sorted(f.items())) for f in following}) > 1  # 6 files, 4 seeds: the split moves
+    assert splits(7, "data.split_seed=3") == {
+        Path(r.path).name: r.split for r in sources.source_rows("folder", tree, {"val_fraction": 0.5, "seed": 3}).rows}

@@ -259,8 +259,10 @@ class AVDataModule(pl.LightningDataModule):
     def _rows(self) -> list[ManifestRow]:
         """The rows of ``data.source`` from the sources registry (``avssl.data.sources``)."""
         path = None if self.cfg.get("path") is None else os.path.expanduser(str(self.cfg["path"]))
-        res = source_rows(self.cfg["source"], path, {"demo": dict(self.cfg["demo"]), "seed": self.seed,
-                                                     "val_fraction": float(self.cfg["val_fraction"])})
+        split_seed = self.cfg.get("split_seed", 0)
+        res = source_rows(self.cfg["source"], path, {
+            "demo": dict(self.cfg["demo"]), "seed": self.seed if split_seed is None else int(split_seed),
+            "val_fraction": float(self.cfg["val_fraction"])})
         self.manifest_path = res.manifest_path
         return res.rows
 
