@@ -36,7 +36,8 @@ def _packet_times(path: str, info: MediaInfo) -> np.ndarray | None:
         container.close()
 
 
-# decord2 3.4 hands out 4-byte pixels for some frame widths on some CPUs (seen: 96 px wide H.264 on AMD Zen 5;
+# decord2 3.4 hands out 4-byte pixels for some frame widths on some CPUs (seen: 96 px wide H.264 on AMD Zen 5, and a
+# 128x72 file rotated 90 degrees, shown 72 px wide, on another AMD EPYC;
 # 64, 100, 112, 128 ... 640 px were fine), and its copy into an RGB array then fails. Refused, naming the cause.
 _ROW_PADDING_BUG = ("decord2 cannot decode this {w}x{h} stream on this machine (its frame buffer has another size "
                     "than {w}x{h}x3: a decord2 bug for some frame widths); use backend='pyav'")
