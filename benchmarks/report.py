@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,13 +29,16 @@ TARGETS = {112: 150.0, 224: 60.0}
 BASELINE_TAG = "before-rawpath"  # bench_data --tag of the run with the avssl before the raw-path work
 
 
-def newest(pattern: str, results: Path = RESULTS, mode: str | None = None, tag: str | None = None) -> Path | None:
+def newest(pattern: str, results: Path = RESULTS, mode: str | None = None, tag: str | None = None,
+           where: Callable[[dict[str, Any]], bool] | None = None) -> Path | None:
     """The newest JSON matching ``pattern`` (by its ``date`` field); ``mode`` and ``tag`` (None: untagged runs)
-    filter bench_data runs."""
+    filter bench_data runs, ``where`` any run by its document."""
     found = []
     for p in sorted(results.glob(pattern)):
         doc = json.loads(p.read_text())
         if mode is not None and (doc.get("mode") != mode or doc.get("tag") != tag):
+            continue
+        if where is not None and not where(doc):
             continue
         found.append((str(doc.get("date") or doc.get("meta", {}).get("date", "")), p.name, p))
     return max(found)[2] if found else None
@@ -198,13 +201,11 @@ SHARD_READER_RUNS = (("default", "float"), ("retain", "float"), ("retain", "uint
 def newest_shard_reader(results: Path, malloc: str, output: str) -> Path | None:
     """The newest bench_shard_reader JSON run with ``--malloc malloc --output output``, chosen by the run's own
     settings (a file-name glob such as ``shard_reader_retain_*`` also matches the ``retain_uint8`` runs)."""
-    found = []
-    for p in sorted(results.glob("shard_reader_*.json")):
-        doc = json.loads(p.read_text())
+    def match(doc: dict[str, Any]) -> bool:
         st = doc.get("settings", {})
-        if st.get("malloc") == malloc and st.get("output", "float") == output:
-            found.append((str(doc.get("date", "")), p.name, p))
-    return max(found)[2] if found else None
+        return bool(st.get("malloc") == malloc and st.get("output", "float") == output)
+
+    return newest("shard_reader_*.json", results, where=match)
 
 
 def shard_reader_section(runs: list[tuple[dict[str, Any], Path]]) -> str:
