@@ -209,7 +209,7 @@ def newest_shard_reader(results: Path, malloc: str, output: str) -> Path | None:
 
 
 def shard_reader_section(runs: list[tuple[dict[str, Any], Path]]) -> str:
-    """Markdown for bench_shard_reader JSONs (one per ``--malloc`` mode), side by side."""
+    """Markdown for bench_shard_reader JSONs (one per ``SHARD_READER_RUNS`` entry), side by side."""
     lines = []
     for doc, src in runs:
         m, v, st = doc["machine"], doc["versions"], doc["settings"]

@@ -106,3 +106,8 @@ def test_folder_split_stays_put_across_run_seeds(tree: Path):
     assert len({tuple(sorted(f.items())) for f in following}) > 1  # 6 files, 4 seeds: the split moves
     assert splits(7, "data.split_seed=3") == {
         Path(r.path).name: r.split for r in sources.source_rows("folder", tree, {"val_fraction": 0.5, "seed": 3}).rows}
+    with initialize_config_module("avssl.conf", version_base="1.3"):  # the typed schema refuses it at launch;
+        cfg = compose("train", overrides=["data=folder", f"data.path={tree}"])  # a hand-made dict gets this:
+    data = {**OmegaConf.to_container(cfg.data, resolve=True), "split_seed": "abc"}  # type: ignore[dict-item]
+    with pytest.raises(ValueError, match=r"data.split_seed must be an integer or null .*got 'abc'"):
+        AVDataModule(data, seed=0)._rows()

@@ -260,8 +260,10 @@ class AVDataModule(pl.LightningDataModule):
         """The rows of ``data.source`` from the sources registry (``avssl.data.sources``)."""
         path = None if self.cfg.get("path") is None else os.path.expanduser(str(self.cfg["path"]))
         split_seed = self.cfg.get("split_seed", 0)
+        if split_seed is not None and (isinstance(split_seed, bool) or not isinstance(split_seed, int)):
+            raise ValueError(f"data.split_seed must be an integer or null (the run's seed), got {split_seed!r}")
         res = source_rows(self.cfg["source"], path, {
-            "demo": dict(self.cfg["demo"]), "seed": self.seed if split_seed is None else int(split_seed),
+            "demo": dict(self.cfg["demo"]), "seed": self.seed if split_seed is None else split_seed,
             "val_fraction": float(self.cfg["val_fraction"])})
         self.manifest_path = res.manifest_path
         return res.rows
