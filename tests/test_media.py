@@ -275,3 +275,59 @@ def test_matroska_millisecond_timestamps_give_contiguous_audio(tmp_path, sr, sta
     errs = {lag: np.abs(sig[i0 + lag: i0 + lag + len(audio)] - audio).max() if i0 + lag >= 0 else np.inf
             for lag in range(-half_tick, half_tick + 1)}
     assert min(errs.values()) < 1e-4, errs  # FLAC is lossless: one lag explains every sample of the window
+
+
+def test_audio_window_resamples_only_what_it_needs(tmp_path, monkeypatch):
+    """A window's audio is sought ``AUDIO_PREROLL`` before it and decoded from there (decoders converge), but the
+    frames that end more than ``RESAMPLE_LEAD`` before the window are not resampled; what is resampled still gives
+    the window's samples, equal to the same stretch of a read of the whole file and to the tone on the file clock
+    (a 200 Hz tone, lossless FLAC at 48 kHz read at 16 kHz: 1152-sample frames keep the 3:1 resampler's phase)."""
+    from avssl.data import _pyav
+
+    path = tmp_path / "tone48k.mkv"
+    sr, n = 48000, 4 * 48000
+    sig = (0.5 * np.sin(2 * np.pi * 200 * np.arange(n) / sr)).astype(np.float32)
+    with av.open(str(path), "w") as c:
+        v = c.add_stream("libx264", rate=25)
+        v.width, v.height, v.pix_fmt = 64, 48, "yuv420p"
+        a = c.add_stream("flac", rate=sr)
+        a.layout = "mono"
+        for i in range(0, n, 1152):
+            fr = av.AudioFrame.from_ndarray(sig[None, i:i + 1152], format="flt", layout="mono")
+            fr.sample_rate, fr.pts = sr, i
+            for p in a.encode(fr):
+                c.mux(p)
+        for p in a.encode(None):
+            c.mux(p)
+        for k in range(100):
+            f = av.VideoFrame.from_ndarray(np.full((48, 64, 3), k, np.uint8), format="rgb24")
+            f.pts = k
+            for p in v.encode(f):
+                c.mux(p)
+        for p in v.encode(None):
+            c.mux(p)
+    full = read_av_window(str(path), 0.0, 3.9, sample_rate=16000, mono=True)
+
+    seen: list[float] = []
+    real = av.AudioResampler
+
+    class Recording:
+        def __init__(self, *args, **kwargs):
+            self._r = real(*args, **kwargs)
+
+        def resample(self, frame):
+            if frame is not None:
+                seen.append(float(frame.pts * frame.time_base) + frame.samples / frame.sample_rate)
+            return self._r.resample(frame)
+
+    monkeypatch.setattr(av, "AudioResampler", Recording)
+    for start in (1.0, 1.537, 2.9):
+        seen.clear()
+        win = read_av_window(str(path), start, 0.8, sample_rate=16000, mono=True)
+        assert bool(win.audio_valid.all())
+        assert seen and min(seen) >= start - _pyav.RESAMPLE_LEAD - 1e-6, (start, min(seen))
+        k = round(start * 16000)
+        got = win.audio.numpy().reshape(-1)
+        np.testing.assert_allclose(got, full.audio.numpy().reshape(-1)[k : k + win.num_samples], atol=1e-4)
+        tone = 0.5 * np.sin(2 * np.pi * 200 * (k + np.arange(got.size)) / 16000)
+        np.testing.assert_allclose(got, tone, atol=1e-4)  # and on the file clock
