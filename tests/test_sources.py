@@ -111,3 +111,20 @@ def test_folder_split_stays_put_across_run_seeds(tree: Path):
     data = {**OmegaConf.to_container(cfg.data, resolve=True), "split_seed": "abc"}  # type: ignore[dict-item]
     with pytest.raises(ValueError, match=r"data.split_seed must be an integer or null .*got 'abc'"):
         AVDataModule(data, seed=0)._rows()
+
+
+def test_folder_of_recordings_shorter_than_a_clip_says_so(tree: Path):
+    """1 s recordings and clips of 4 x 0.5 s: setup stops with the folder, the split, how many rows were too short
+    and which keys make a clip, not with an empty loader later."""
+    from hydra import compose, initialize_config_module
+    from omegaconf import OmegaConf
+
+    from avssl.lit.datamodule import AVDataModule
+
+    with initialize_config_module("avssl.conf", version_base="1.3"):
+        cfg = compose("train", overrides=["data=folder", f"data.path={tree}", "data.num_segments=4",
+                                          "data.segment_duration=0.5"])
+    dm = AVDataModule(OmegaConf.to_container(cfg.data, resolve=True), seed=0)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=rf"{tree}: no usable clips in split 'train' .*one clip of 2.00 s: "
+                                         r"\d+ too short; .*data.num_segments x data.segment_duration"):
+        dm.setup("fit")

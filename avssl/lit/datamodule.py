@@ -302,7 +302,8 @@ class AVDataModule(pl.LightningDataModule):
         if check_empty and len(ds) == 0:
             where = self.manifest_path or self.cfg.get("path")
             raise ValueError(f"{where}: no usable clips in split {split!r} (rows missing, or all shorter than "
-                             f"one clip of {ds.clip.clip_duration:.2f} s)")
+                             f"one clip of {ds.clip.clip_duration:.2f} s: {ds.num_short_rows} too short; a clip "
+                             f"is data.num_segments x data.segment_duration plus the gaps)")
         return ds
 
     def _shard_dataset(self, split: str, train: bool) -> Any:
