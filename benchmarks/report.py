@@ -15,6 +15,7 @@ import argparse
 import json
 import sys
 from collections.abc import Callable, Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ PLOT = REPO / "docs" / "data_throughput.png"
 # the issue's targets (clips/s per core; within 10 % of the floor for shards)
 TARGETS = {112: 150.0, 224: 60.0}
 BASELINE_TAG = "before-rawpath"  # bench_data --tag of the run with the avssl before the raw-path work
+RAW_PAIR_CASE = "folder:h264_640x480_30fps@112"  # the raw-path target's case
 
 
 def newest(pattern: str, results: Path = RESULTS, mode: str | None = None, tag: str | None = None,
@@ -56,7 +58,8 @@ def _rel(path: Path) -> str:
 
 
 def bench_data_section(doc: dict[str, Any], source: Path, plot_name: str | None = "data_throughput.png",
-                       baseline: tuple[dict[str, Any], Path] | None = None) -> str:
+                       baseline: tuple[dict[str, Any], Path] | None = None,
+                       pairs: Sequence[tuple[dict[str, Any], Path, dict[str, Any], Path]] = ()) -> str:
     """Markdown for one bench_data JSON."""
     m, v = doc["machine"], doc["versions"]
     git = v.get("avssl_git") or {}
@@ -135,9 +138,50 @@ def bench_data_section(doc: dict[str, Any], source: Path, plot_name: str | None 
             lines.append(f"| {t['case']} | {t['clips_per_cpu_s']:.1f} | {n['clips_per_cpu_s']:.1f} | "
                          f"{n['clips_per_cpu_s'] / t['clips_per_cpu_s']:.2f} | {t['ratio_to_floor']:.2f} | "
                          f"{n['ratio_to_floor']:.2f} |")
+    if pairs:
+        lines += ["", "**Every before / after pair measured** (640x480 at 112 px): each baseline run beside the "
+                  "full run nearest to it in time. The machine's speed drifts between runs (compare the floors: the "
+                  "same plain-PyAV code on the same clips), so a pair taken minutes apart is the one to read.", "",
+                  "| baseline run | run beside it | apart | before / now (per CPU-s) | now / before | floor before / "
+                  "now |", "| --- | --- | --- | --- | --- | --- |"]
+        lines += pair_rows(pairs)
     if plot_name:
         lines += ["", f"![data throughput]({plot_name})"]
     return "\n".join(lines)
+
+
+def pair_rows(pairs: Sequence[tuple[dict[str, Any], Path, dict[str, Any], Path]]) -> list[str]:
+    """Table rows of the before / after pairs (``baseline_pairs``) on the raw-path target's case."""
+    rows = []
+    for bdoc, bpath, ndoc, npath in pairs:
+        b = {t["case"]: t for t in bdoc["throughput"]}.get(RAW_PAIR_CASE)
+        n = {t["case"]: t for t in ndoc["throughput"]}.get(RAW_PAIR_CASE)
+        if b is None or n is None:
+            continue
+        apart = abs(_when(ndoc) - _when(bdoc)) / 60
+        rows.append(f"| `{bpath.name}` | `{npath.name}` | {apart:.0f} min | {b['clips_per_cpu_s']:.1f} / "
+                    f"{n['clips_per_cpu_s']:.1f} | {n['clips_per_cpu_s'] / b['clips_per_cpu_s']:.2f} | "
+                    f"{b['floor_clips_per_cpu_s']:.1f} / {n['floor_clips_per_cpu_s']:.1f} |")
+    return rows
+
+
+def _when(doc: dict[str, Any]) -> float:
+    return datetime.fromisoformat(str(doc["date"])).timestamp()
+
+
+def baseline_pairs(results: Path) -> list[tuple[dict[str, Any], Path, dict[str, Any], Path]]:
+    """Each full-mode baseline run (``--tag before-rawpath``) with the untagged full run nearest to it in time,
+    oldest first."""
+    runs = [(json.loads(p.read_text()), p) for p in sorted(results.glob("bench_data_*.json"))]
+    runs = [(d, p) for d, p in runs if d.get("mode") == "full"]
+    bases = [(d, p) for d, p in runs if d.get("tag") == BASELINE_TAG]
+    plain = [(d, p) for d, p in runs if d.get("tag") is None]
+    out = []
+    for bdoc, bpath in sorted(bases, key=lambda r: _when(r[0])):
+        if plain:
+            ndoc, npath = min(plain, key=lambda r: abs(_when(r[0]) - _when(bdoc)))
+            out.append((bdoc, bpath, ndoc, npath))
+    return out
 
 
 def representation_section(doc: dict[str, Any], source: Path) -> str:
@@ -291,7 +335,8 @@ def render(text: str, results: Path = RESULTS, scaling_text: str | None = None
         data_doc = json.loads(src.read_text())
         bsrc = newest("bench_data_*.json", results, mode="full", tag=BASELINE_TAG)
         base = (json.loads(bsrc.read_text()), bsrc) if bsrc is not None else None
-        text = replace_section(text, "bench_data", bench_data_section(data_doc, src, baseline=base))
+        text = replace_section(text, "bench_data", bench_data_section(data_doc, src, baseline=base,
+                                                                      pairs=baseline_pairs(results)))
     if src is not None and data_doc is not None and scaling_text is not None:
         scaling_text = replace_section(scaling_text, "representation", representation_section(data_doc, src))
     readers = [(json.loads(p.read_text()), p) for p in (newest_shard_reader(results, malloc, output)

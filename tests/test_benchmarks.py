@@ -138,6 +138,27 @@ def test_report_section_carries_every_figure(saved_data: tuple[Path, dict[str, A
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_baseline_runs_pair_with_the_run_nearest_in_time(saved_data: tuple[Path, dict[str, Any]],
+                                                         tmp_path: Path) -> None:
+    """Each baseline run is set beside the untagged full run closest to it in time (not the newest one: the
+    machine's speed drifts between runs hours apart), and the pair's figures reach the page."""
+    def doc(date: str, rate: float, floor: float, tag: str | None = None, mode: str = "full") -> dict[str, Any]:
+        return {"date": date, "mode": mode, "tag": tag, "throughput": [
+            {"case": report.RAW_PAIR_CASE, "clips_per_cpu_s": rate, "floor_clips_per_cpu_s": floor}]}
+
+    runs = {"a": doc("2026-12-02T01:00:00+00:00", 20.0, 15.0), "b": doc("2026-12-02T05:00:00+00:00", 30.0, 21.0),
+            "c": doc("2026-12-02T05:05:00+00:00", 99.0, 99.0, mode="small"),
+            "base": doc("2026-12-02T01:06:00+00:00", 10.0, 14.0, tag=report.BASELINE_TAG)}
+    for name, d in runs.items():
+        (tmp_path / f"bench_data_{name}.json").write_text(json.dumps(d))
+    pairs = report.baseline_pairs(tmp_path)
+    assert [(bp.name, np_.name) for _, bp, _, np_ in pairs] == [("bench_data_base.json", "bench_data_a.json")]
+    row = "| `bench_data_base.json` | `bench_data_a.json` | 6 min | 10.0 / 20.0 | 2.00 | 14.0 / 15.0 |"
+    assert report.pair_rows(pairs) == [row]
+    path, saved = saved_data
+    assert row in report.bench_data_section(saved, path, plot_name=None, pairs=pairs).splitlines()
+
+
 @pytest.mark.parametrize("page", ["no markers\n", "<!-- bench_data:end -->\n<!-- bench_data:begin -->\n",
                                   "<!-- bench_data:begin -->\n<!-- bench_data:begin -->\n<!-- bench_data:end -->\n"])
 def test_report_refuses_pages_without_one_marker_pair(page: str) -> None:
