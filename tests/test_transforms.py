@@ -93,6 +93,26 @@ def test_clip_shared_or_per_segment_params() -> None:
     assert not (torch.equal(per_seg[0], per_seg[1]) and torch.equal(per_seg[1], per_seg[2]))
 
 
+@pytest.mark.parametrize("height,width", [(112, 149), (149, 112), (112, 112), (48, 64)])
+def test_fixed_crop_range_draws_one_attempt(height: int, width: int) -> None:
+    """The default crop ranges (area [1, 1], aspect [1, 1]) give the largest centred square on a non-square input
+    (torchvision's fallback) after one attempt's two draws, not ten attempts' twenty; a square input is the whole
+    frame. Then the flip draw, so the generator has moved by exactly 3 draws (4 with the square's top/left)."""
+    tf = VideoTransform(32, train=True, scale=(1.0, 1.0), ratio=(1.0, 1.0), hflip_p=0.5)
+    g = torch.Generator().manual_seed(3)
+    p = tf.sample_params(height, width, g)
+    side = min(height, width)
+    assert (p.top, p.left, p.height, p.width) == ((height - side) // 2, (width - side) // 2, side, side)
+    ref = torch.Generator().manual_seed(3)
+    for _ in range(2):
+        torch.rand((), generator=ref, dtype=torch.float64)
+    if height == width:  # the attempt fits: its top and left are drawn
+        for _ in range(2):
+            torch.randint(0, 1, (), generator=ref)
+    flip = float(torch.rand((), generator=ref, dtype=torch.float64)) < 0.5
+    assert p.flip == flip and torch.equal(g.get_state(), ref.get_state())
+
+
 def test_video_errors() -> None:
     tf = VideoTransform(size=16)
     with pytest.raises(TypeError, match="uint8"):

@@ -106,7 +106,10 @@ class VideoTransform:
         area = height * width
         log_ratio = (math.log(self.ratio[0]), math.log(self.ratio[1]))
         flip = False
-        for _ in range(10):
+        # fixed area and aspect (the default [1, 1] / [1, 1]): every attempt draws the same box, so one that does
+        # not fit means none will (a non-square input), and the 9 further attempts' 18 draws are skipped
+        fixed = self.scale[0] == self.scale[1] and self.ratio[0] == self.ratio[1]
+        for _ in range(1 if fixed else 10):
             target = area * (self.scale[0] + (self.scale[1] - self.scale[0]) * _rand(generator))
             aspect = math.exp(log_ratio[0] + (log_ratio[1] - log_ratio[0]) * _rand(generator))
             w = int(round(math.sqrt(target * aspect)))
