@@ -129,13 +129,13 @@ def jpeg_tensors(data: bytes, desc: dict[str, Any], wanted: Sequence[int]) -> li
     offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
     if int(offsets[-1]) != len(data):
         raise FormatError(f"jpeg frames: {len(data)} bytes stored, the json lists {int(offsets[-1])}")
-    buf = torch.frombuffer(bytearray(data), dtype=torch.uint8) if data else torch.zeros(0, dtype=torch.uint8)
+    view = memoryview(data)
     out = []
-    for i in wanted:
+    for i in wanted:  # one copy of each wanted frame's bytes (not of the whole member: most frames are not used)
         lo, hi = int(offsets[i]), int(offsets[i + 1])
         if hi - lo < 4 or data[lo : lo + 2] != JPEG_SOI or data[hi - 2 : hi] != JPEG_EOI:
             raise FormatError(f"jpeg frame {i}: not a JPEG image (no start/end marker)")
-        out.append(buf[lo:hi])
+        out.append(torch.frombuffer(bytearray(view[lo:hi]), dtype=torch.uint8))
     return out
 
 

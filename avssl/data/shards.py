@@ -572,12 +572,12 @@ class ShardedClipDataset(IterableDataset[dict[str, Any]]):
         mel = None
         if plan is not None:
             md = meta["logmel"]
-            stored = np.frombuffer(bytearray(raw[LOGMEL_MEMBER]), dtype="<f4")
+            stored = np.frombuffer(raw[LOGMEL_MEMBER], dtype="<f4")  # read-only view: only the clip's rows are copied
             if stored.size != int(md["frames"]) * int(md["mels"]):
                 raise FormatError(f"logmel: {stored.size} values stored, the json says {md['frames']}x{md['mels']}")
-            stored_t = torch.from_numpy(stored.reshape(int(md["frames"]), int(md["mels"])))
+            rows = stored.reshape(int(md["frames"]), int(md["mels"]))
             f = self.spec.audio_frames_per_segment
-            mel = torch.stack([stored_t[k : k + f] for k in plan[2]])
+            mel = torch.from_numpy(np.stack([rows[k : k + f] for k in plan[2]]).astype(np.float32, copy=False))
         if self.defer_video:
             if vd["format"] != "jpeg":
                 raise FormatError(f"video decoding in the main process needs jpeg shards, not {vd['format']!r}")
