@@ -169,7 +169,7 @@ class VideoTransform:
         xv = x.permute(0, 4, 1, 2, 3)  # [N, 3, T, h, w], a view
         out = torch.empty(xv.shape, dtype=torch.float32, device=x.device)
         # the strided uint8 -> float copy first, then the affine in place on contiguous floats: the same values as
-        # one mixed-dtype mul from the strided view, in about 0.6x its CPU time (docs/benchmarks.md)
+        # one mixed-dtype mul from the strided view, for less CPU (benchmarks/ab_normalize.py, docs/benchmarks.md)
         out.copy_(xv)
         return out.mul_(scale).add_(shift).reshape(*lead, *out.shape[1:])
 
