@@ -244,10 +244,11 @@ SHARD_READER_RUNS = (("default", "float"), ("retain", "float"), ("retain", "uint
 
 def newest_shard_reader(results: Path, malloc: str, output: str) -> Path | None:
     """The newest bench_shard_reader JSON run with ``--malloc malloc --output output``, chosen by the run's own
-    settings (a file-name glob such as ``shard_reader_retain_*`` also matches the ``retain_uint8`` runs)."""
+    settings (a file-name glob such as ``shard_reader_retain_*`` also matches the ``retain_uint8`` runs), one sample
+    at a time (``--batch`` runs are cited in the prose, not tabled)."""
     def match(doc: dict[str, Any]) -> bool:
         st = doc.get("settings", {})
-        return bool(st.get("malloc") == malloc and st.get("output", "float") == output)
+        return bool(st.get("malloc") == malloc and st.get("output", "float") == output and st.get("batch", 1) == 1)
 
     return newest("shard_reader_*.json", results, where=match)
 

@@ -223,3 +223,7 @@ def test_shard_reader_runs_are_chosen_by_their_settings(tmp_path: Path) -> None:
     assert [p.name if p else None for p in pick] == [
         "shard_reader_default_1.json", "shard_reader_retain_1.json", "shard_reader_retain_uint8_2.json"]
     assert report.newest_shard_reader(tmp_path, "default", "uint8") is None
+    # a newer run that collated batches (--batch 8) is cited in the prose, not put in the one-sample table
+    (tmp_path / "shard_reader_retain_9.json").write_text(json.dumps(
+        {"date": "2026-01-09", "settings": {"malloc": "retain", "output": "float", "batch": 8}}))
+    assert report.newest_shard_reader(tmp_path, "retain", "float").name == "shard_reader_retain_1.json"
