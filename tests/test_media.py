@@ -239,6 +239,30 @@ def test_select_frames_logic():
     assert idx.tolist() == [1] and ft.tolist() == [0.1]
 
 
+def write_flac_mkv(path, sig: np.ndarray, sr: int, fps: int, frames: int) -> None:
+    """Matroska with mono FLAC ``sig`` at ``sr`` (1152-sample frames, pts = sample index) and ``frames`` H.264
+    pictures at ``fps``."""
+    with av.open(str(path), "w") as c:
+        v = c.add_stream("libx264", rate=fps)
+        v.width, v.height, v.pix_fmt = 64, 48, "yuv420p"
+        a = c.add_stream("flac", rate=sr)
+        a.layout = "mono"
+        for i in range(0, len(sig), 1152):
+            fr = av.AudioFrame.from_ndarray(sig[None, i:i + 1152], format="flt", layout="mono")
+            fr.sample_rate, fr.pts = sr, i
+            for p in a.encode(fr):
+                c.mux(p)
+        for p in a.encode(None):
+            c.mux(p)
+        for k in range(frames):
+            f = av.VideoFrame.from_ndarray(np.full((48, 64, 3), k, np.uint8), format="rgb24")
+            f.pts = k
+            for p in v.encode(f):
+                c.mux(p)
+        for p in v.encode(None):
+            c.mux(p)
+
+
 @pytest.mark.parametrize("sr,start", [(22050, 0.5), (44100, 0.937), (16000, 0.0)])
 def test_matroska_millisecond_timestamps_give_contiguous_audio(tmp_path, sr, start):
     """Matroska keeps audio timestamps in whole milliseconds. Placing each decoded frame by its own rounded
@@ -247,25 +271,7 @@ def test_matroska_millisecond_timestamps_give_contiguous_audio(tmp_path, sr, sta
     path = tmp_path / f"flac_{sr}.mkv"
     n = int(3 * sr)
     sig = (0.5 * np.sin(2 * np.pi * 440 * np.arange(n) / sr)).astype(np.float32)
-    with av.open(str(path), "w") as c:
-        v = c.add_stream("libx264", rate=30)
-        v.width, v.height, v.pix_fmt = 64, 48, "yuv420p"
-        a = c.add_stream("flac", rate=sr)
-        a.layout = "mono"
-        for i in range(0, n, 1152):
-            fr = av.AudioFrame.from_ndarray(sig[None, i:i + 1152], format="flt", layout="mono")
-            fr.sample_rate, fr.pts = sr, i
-            for p in a.encode(fr):
-                c.mux(p)
-        for p in a.encode(None):
-            c.mux(p)
-        for k in range(90):
-            f = av.VideoFrame.from_ndarray(np.full((48, 64, 3), k, np.uint8), format="rgb24")
-            f.pts = k
-            for p in v.encode(f):
-                c.mux(p)
-        for p in v.encode(None):
-            c.mux(p)
+    write_flac_mkv(path, sig, sr, fps=30, frames=90)
     w = read_av_window(str(path), start, 2.0, sample_rate=sr, mono=True)
     valid = np.asarray(w.audio_valid)
     audio = np.asarray(w.audio).reshape(-1)
@@ -287,25 +293,7 @@ def test_audio_window_resamples_only_what_it_needs(tmp_path, monkeypatch):
     path = tmp_path / "tone48k.mkv"
     sr, n = 48000, 4 * 48000
     sig = (0.5 * np.sin(2 * np.pi * 200 * np.arange(n) / sr)).astype(np.float32)
-    with av.open(str(path), "w") as c:
-        v = c.add_stream("libx264", rate=25)
-        v.width, v.height, v.pix_fmt = 64, 48, "yuv420p"
-        a = c.add_stream("flac", rate=sr)
-        a.layout = "mono"
-        for i in range(0, n, 1152):
-            fr = av.AudioFrame.from_ndarray(sig[None, i:i + 1152], format="flt", layout="mono")
-            fr.sample_rate, fr.pts = sr, i
-            for p in a.encode(fr):
-                c.mux(p)
-        for p in a.encode(None):
-            c.mux(p)
-        for k in range(100):
-            f = av.VideoFrame.from_ndarray(np.full((48, 64, 3), k, np.uint8), format="rgb24")
-            f.pts = k
-            for p in v.encode(f):
-                c.mux(p)
-        for p in v.encode(None):
-            c.mux(p)
+    write_flac_mkv(path, sig, sr, fps=25, frames=100)
     full = read_av_window(str(path), 0.0, 3.9, sample_rate=16000, mono=True)
 
     seen: list[float] = []
