@@ -25,10 +25,12 @@ from avssl.data.errors import DecodeError, MediaNotFound
 from avssl.data.types import MediaInfo, StreamInfo
 
 SEEK_RETRIES = (0.0, 1.0, 8.0, math.inf)  # back off this much more when a seek lands after the target
-# Audio seeks this much before the window: Matroska audio seeks land 36-48 ms late, and a decoder needs some
-# packets before the window to converge (Opus asks for 80 ms; AAC and MP3 one or two frames). 0.5 s until 0.2.0:
-# the extra 0.3 s per window was decoded and resampled for nothing (about 8 % of a window's audio CPU).
-AUDIO_PREROLL = 0.2
+# Audio seeks this much before the window: Matroska audio seeks land 36-48 ms late, and a decoder needs packets
+# before the window to converge (Opus asks for 80 ms). 0.2 s was tried and reverted: FFmpeg's AAC decoder fills
+# noise-substituted (PNS) bands from a generator whose state depends on every frame decoded since it opened, so a
+# window's samples depend on where decoding began; with 0.5 s every window in a file's first half second or so
+# decodes from the file's start and agrees with any other such read (tests/test_extract.py relies on it).
+AUDIO_PREROLL = 0.5
 # Decoded frames that end this long before the window are not resampled (the decoder still needs them; the
 # resampler's filter reaches about 2 ms, so its output inside the window is the same up to its sub-sample phase).
 RESAMPLE_LEAD = 0.05
