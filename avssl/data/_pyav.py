@@ -29,7 +29,9 @@ SEEK_RETRIES = (0.0, 1.0, 8.0, math.inf)  # back off this much more when a seek 
 # before the window to converge (Opus asks for 80 ms). 0.2 s was tried and reverted: FFmpeg's AAC decoder fills
 # noise-substituted (PNS) bands from a generator whose state depends on every frame decoded since it opened, so a
 # window's samples depend on where decoding began; with 0.5 s every window in a file's first half second or so
-# decodes from the file's start and agrees with any other such read (tests/test_extract.py relies on it).
+# decodes from the file's start and, for a stream already at the target rate, agrees with any other such read
+# (tests/test_extract.py relies on it). A resampled stream also carries the resampler's sub-sample phase, set by
+# the first frame resampled (RESAMPLE_LEAD below), so its overlapping windows agree only to that phase.
 AUDIO_PREROLL = 0.5
 # Decoded frames that end this long before the window are not resampled (the decoder still needs them; the
 # resampler's filter reaches about 2 ms, so its output inside the window is the same up to its sub-sample phase).
