@@ -81,7 +81,8 @@ def test_sync_small_is_the_learning_benchmark_recipe():
     """experiment=sync_small carries exactly the settings docs/results.md measured on top of data=folder."""
     cfg = _compose(["experiment=sync_small", "data.path=/some/where"])
     plain = _compose(["data=folder", "data.path=/some/where", "data.num_segments=16", "model.proj_hidden=256",
-                      "model.proj_layers=2", "optimizer.lr=2e-3", "optimizer.warmup_fraction=0.2"])
+                      "model.proj_layers=2", "optimizer.lr=2e-3", "optimizer.warmup_fraction=0.2",
+                      "objective.sync.negatives=within_video"])
     drop = {"task_name", "tags"}
     assert ({k: v for k, v in OmegaConf.to_container(cfg).items() if k not in drop}
             == {k: v for k, v in OmegaConf.to_container(plain).items() if k not in drop})
