@@ -142,7 +142,7 @@ FULL = Settings(
     rounds=5,
     batches_per_round=3,
     workers=(1, 2),
-    scaling_batches=6,
+    scaling_batches=24,  # about 3 shard epochs of 9 batches: each epoch's start-up is left out (steady_rate)
     shard_repeats=3,  # 72 samples: 9 batches per epoch, so the worker runs stay inside one epoch
 )
 
@@ -519,21 +519,55 @@ def measure_case(s: Settings, data: dict[str, Any], floor: RawFloor | ShardFloor
     }
 
 
+def steady_rate(arrivals: Sequence[tuple[int, float]], workers: int, batch_size: int) -> tuple[int, float]:
+    """(clips, seconds) of the steady part of a DataLoader run from its batches' ``(epoch, arrival time)``.
+
+    Each epoch's workers start together and prefetch, so its first ``workers`` batches arrive almost at once (the
+    others were made in parallel with the first, or before it): timing from the first batch counts them as free
+    and overstates the rate (2 workers on 2 cores came out at 4x one worker). Per epoch, the window runs from the
+    arrival of the last of those first batches to the epoch's last batch: every batch in it was started after the
+    window opened or, at most, one per worker was already under way. Epochs' windows are summed."""
+    clips, seconds = 0, 0.0
+    for epoch in sorted({e for e, _ in arrivals}):
+        ts = [t for e, t in arrivals if e == epoch]
+        if len(ts) > workers:
+            clips += (len(ts) - workers) * batch_size
+            seconds += ts[-1] - ts[workers - 1]
+    return clips, seconds
+
+
 def measure_workers(s: Settings, data: dict[str, Any], workers: int) -> dict[str, Any]:
-    """Wall-clock clips/s of the DataLoader with ``workers`` processes (one torch thread each); the first batch
-    (worker start-up) is timed apart."""
+    """Wall-clock clips/s of the DataLoader with ``workers`` processes (one torch thread each) in steady state
+    (:func:`steady_rate`, over ``scaling_batches`` batches after the first, across epochs where they run over);
+    ``first_batch_s`` is the start-up (workers forked, first batch made)."""
     from avssl.lit.datamodule import AVDataModule
 
     d = dict(data, num_workers=workers, persistent_workers=workers > 0)
     dm = AVDataModule(d, seed=0)
     dm.setup("fit")
-    it = _cycle(dm.train_dataloader())
+    loader = dm.train_dataloader()
+    arrivals: list[tuple[int, float]] = []
     t0 = time.perf_counter()
-    next(it)
-    first = time.perf_counter() - t0
-    _, wall, _ = _timed(_take, it, s.scaling_batches)
-    clips = s.scaling_batches * s.batch_size
-    return {"workers": workers, "clips": clips, "wall_s": wall, "clips_per_s": clips / wall, "first_batch_s": first}
+    epoch = 0
+    while len(arrivals) < s.scaling_batches + 1:
+        start = time.perf_counter()
+        got = 0
+        for _ in loader:
+            arrivals.append((epoch, time.perf_counter() - start))
+            got += 1
+            if len(arrivals) >= s.scaling_batches + 1:
+                break
+        if got == 0:
+            raise RuntimeError("the loader yielded no batch")
+        epoch += 1
+        if hasattr(loader.dataset, "set_epoch"):
+            loader.dataset.set_epoch(epoch)
+    wall = time.perf_counter() - t0
+    clips, seconds = steady_rate(arrivals, workers, s.batch_size)
+    if seconds <= 0:  # too few batches per epoch for a window (small mode): the whole run, start-up included
+        clips, seconds = len(arrivals) * s.batch_size, wall
+    return {"workers": workers, "clips": clips, "wall_s": seconds, "clips_per_s": clips / seconds,
+            "first_batch_s": arrivals[0][1], "arrivals": [[e, t] for e, t in arrivals], "method": "steady"}
 
 
 # ------------------------------------------------------------------------------------------------ facts
