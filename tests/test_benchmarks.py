@@ -94,6 +94,19 @@ def _mutations() -> list[tuple[str, Any]]:
     ]
 
 
+def test_steady_rate_leaves_out_each_epochs_prefetched_start() -> None:
+    # two workers, batches of 8: each epoch's first two batches arrive together (made in parallel, or prefetched);
+    # the window runs from the second's arrival to the epoch's last batch, so those two count as start-up
+    arrivals = [(0, 1.0), (0, 1.01), (0, 1.5), (0, 1.51), (0, 2.0), (1, 0.3), (1, 0.31), (1, 0.81)]
+    clips, seconds = bench_data.steady_rate(arrivals, workers=2, batch_size=8)
+    assert clips == 3 * 8 + 1 * 8
+    assert seconds == pytest.approx((2.0 - 1.01) + (0.81 - 0.31))
+    # an epoch with no batch after the workers' first ones adds nothing
+    assert bench_data.steady_rate([(0, 1.0), (0, 1.1)], workers=2, batch_size=8) == (0, 0.0)
+    # one worker: only the epoch's first batch (its start-up) is left out
+    assert bench_data.steady_rate([(0, 2.0), (0, 2.5), (0, 3.0)], workers=1, batch_size=4) == (8, 1.0)
+
+
 @pytest.mark.parametrize("name,mutate", _mutations(), ids=[m[0] for m in _mutations()])
 def test_schema_check_names_each_problem(saved_data: tuple[Path, dict[str, Any]], name: str, mutate: Any) -> None:
     doc = copy.deepcopy(saved_data[1])
