@@ -112,7 +112,8 @@ def bench_data_section(doc: dict[str, Any], source: Path, plot_name: str | None 
         base = {t["case"]: t["clips_per_s"] for t in doc["throughput"]}
         steady = all(sc.get("method") == "steady" for sc in doc["scaling"])
         how = ("steady state: per epoch, from the arrival of the workers' first batches to the epoch's last "
-               "(`bench_data.steady_rate`)" if steady else "first batch left out")
+               "(`bench_data.steady_rate`)" if steady else
+               "start-up included" if doc["scaling"][0].get("method") == "whole run" else "first batch left out")
         lines += ["", f"**DataLoader scaling** (wall clock; one torch thread per worker; {how}; "
                   "*x* = rate over the same case's `num_workers=0` wall rate above).", "",
                   "| case | " + " | ".join(f"{w} worker{'s' if w > 1 else ''} clips/s" for w in ws) + " |",
