@@ -125,6 +125,20 @@ def test_docs_are_generated_from_the_saved_results() -> None:
     assert report.PLOT.is_file()
 
 
+@pytest.mark.parametrize("method,label", [("steady", "steady state"), ("whole run", "start-up included"),
+                                          (None, "first batch left out")])
+def test_report_names_how_the_scaling_rate_was_taken(saved_data: tuple[Path, dict[str, Any]], method: str | None,
+                                                     label: str) -> None:
+    path, doc = copy.deepcopy(saved_data[0]), copy.deepcopy(saved_data[1])
+    for sc in doc["scaling"]:
+        sc.pop("method", None)
+        if method is not None:
+            sc["method"] = method
+    header = next(line for line in report.bench_data_section(doc, path, plot_name=None).splitlines()
+                  if line.startswith("**DataLoader scaling**"))
+    assert label in header
+
+
 def test_report_section_carries_every_figure(saved_data: tuple[Path, dict[str, Any]], tmp_path: Path) -> None:
     path, doc = saved_data
     section = report.bench_data_section(doc, path)
