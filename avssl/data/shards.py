@@ -4,7 +4,8 @@ manifest and streamed.
 Why WebDataset (not LitData): shards are plain POSIX tar files (``tar tf`` lists them, any tool can copy or
 inspect them), written and read by a small, widely used library whose ``gopen`` streams from local disk, HTTP(S),
 ``gs://`` or any command (``pipe:aws s3 cp s3://bucket/x.tar -``), with no server, database or format-specific
-index to keep in step. See docs/scaling.md.
+index to keep in step. See docs/scaling.md. Reading parses the tars with ``avssl.data.tarstream`` (WebDataset's
+sample grouping and ``gopen``; about 4x less CPU than ``tarfile`` per sample).
 
 Layout of a shard folder (``write_shards``, format version 2)::
 
@@ -76,6 +77,7 @@ from avssl.data.shard_formats import (
     logmel_matches,
     runs_to_mask,
 )
+from avssl.data.tarstream import TarError, iter_tar_samples
 from avssl.data.transforms import CropParams, VideoTransform
 
 log = logging.getLogger(__name__)
@@ -253,14 +255,13 @@ def check_shard_settings(index: ShardIndex, *, fps: float, frame_size: int, samp
 
 
 def iter_shard_samples(urls: Sequence[str]) -> Iterator[dict[str, Any]]:
-    """Raw samples (``__key__``, ``mp4`` bytes, ``json`` bytes) of the shards, in order, through WebDataset."""
-    import webdataset as wds
-
-    def reraise(exn: Exception) -> bool:
-        raise ShardError(f"reading shards {list(urls)[:3]}...: {exn}") from exn
-
-    pipeline = wds.DataPipeline(wds.SimpleShardList(list(urls)), wds.tarfile_to_samples(handler=reraise))
-    yield from pipeline
+    """Raw samples (``__key__``, ``__url__`` and the members' bytes: ``json``, ``mjpeg`` / ``h264`` / ``mp4``, ...)
+    of the shards, in order (``avssl.data.tarstream``: WebDataset's sample grouping and URL opening, with a lean
+    tar parser). Raises ShardError naming the shard when one does not read."""
+    try:
+        yield from iter_tar_samples(urls)
+    except TarError as e:
+        raise ShardError(f"reading shards: {e}") from e
 
 
 class ShardedClipDataset(IterableDataset[dict[str, Any]]):
