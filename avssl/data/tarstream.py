@@ -95,7 +95,7 @@ def iter_tar_files(stream: Any, url: str) -> Iterator[tuple[str, bytes]]:
     archives are read through ``gzip``)."""
     first = _read(stream, BLOCK)
     if first[:2] == b"\x1f\x8b":
-        stream = gzip.GzipFile(fileobj=_Prepend(first, stream))  # type: ignore[arg-type]
+        stream = gzip.GzipFile(fileobj=_Prepend(first, stream), mode="rb")  # type: ignore[call-overload]
         first = _read(stream, BLOCK)
     offset, header = 0, first
     pax_global: dict[str, str] = {}
