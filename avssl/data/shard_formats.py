@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import itertools
 import warnings
 from collections.abc import Sequence
 from fractions import Fraction
@@ -125,17 +126,22 @@ def _split(data: bytes, sizes: Sequence[int], what: str) -> list[bytes]:
 def jpeg_tensors(data: bytes, desc: dict[str, Any], wanted: Sequence[int]) -> list[torch.Tensor]:
     """The JPEGs of stored frames ``wanted`` as uint8 byte tensors (what ``torchvision.io.decode_jpeg`` takes),
     each checked for its start/end markers (a truncated or foreign member fails here, in the worker)."""
-    sizes = desc["sizes"]
-    offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
-    if int(offsets[-1]) != len(data):
-        raise FormatError(f"jpeg frames: {len(data)} bytes stored, the json lists {int(offsets[-1])}")
-    view = memoryview(data)
+    offsets = [0, *itertools.accumulate(int(s) for s in desc["sizes"])]
+    if offsets[-1] != len(data):
+        raise FormatError(f"jpeg frames: {len(data)} bytes stored, the json lists {offsets[-1]}")
+    wanted = [int(i) for i in wanted]
+    if not wanted:
+        return []
+    # one copy of the bytes from the first wanted frame to the last (a clip's frames are close together; most of
+    # the member is not used), of which each frame is a view
+    base, end = offsets[min(wanted)], offsets[max(wanted) + 1]
+    span = torch.frombuffer(bytearray(memoryview(data)[base:end]), dtype=torch.uint8)
     out = []
-    for i in wanted:  # one copy of each wanted frame's bytes (not of the whole member: most frames are not used)
-        lo, hi = int(offsets[i]), int(offsets[i + 1])
+    for i in wanted:
+        lo, hi = offsets[i], offsets[i + 1]
         if hi - lo < 4 or data[lo : lo + 2] != JPEG_SOI or data[hi - 2 : hi] != JPEG_EOI:
             raise FormatError(f"jpeg frame {i}: not a JPEG image (no start/end marker)")
-        out.append(torch.frombuffer(bytearray(view[lo:hi]), dtype=torch.uint8))
+        out.append(span[lo - base : hi - base])
     return out
 
 

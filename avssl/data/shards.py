@@ -546,18 +546,22 @@ class ShardedClipDataset(IterableDataset[dict[str, Any]]):
         # video: which stored frames the segments show (the one cutter, on frame positions), then only those
         fps, t0 = float(meta["fps"]), float(meta["start"])
         slots = np.asarray(vd["index"], np.float64)
-        times = torch.from_numpy(t0 + slots / fps)
-        targets = self.spec.frame_targets(v_starts)
-        idx, _ = select_latest(times, targets)
-        need = torch.unique(idx)
+        times = t0 + slots / fps
+        idx, _ = select_latest(times, self.spec.frame_targets(v_starts))
+        need = np.unique(idx.numpy())
         last = int(need[-1]) == len(slots) - 1
-        pos, video_valid = cut_video(self.spec, torch.arange(len(need)).view(-1, 1, 1, 1), times[need], v_starts,
-                                     frame_step=1.0 / fps if last else None)
+        pos, video_valid = cut_video(self.spec, torch.arange(len(need)).view(-1, 1, 1, 1),
+                                     torch.from_numpy(times[need]), v_starts, frame_step=1.0 / fps if last else None)
         pos = pos.view(len(v_starts), -1)
         # audio
         n_samples = int(ad["num_samples"]) if ad else 0
         a0 = float(ad["start"]) if ad else t0
-        valid = runs_to_mask(ad["valid"], n_samples) if ad else torch.zeros(0, dtype=torch.bool)
+        if not ad:
+            valid: torch.Tensor | None = torch.zeros(0, dtype=torch.bool)
+        elif [[int(a), int(b)] for a, b in ad["valid"]] == [[0, n_samples]]:
+            valid = None  # all real (the common case): the cutter marks what the stored audio covers
+        else:
+            valid = runs_to_mask(ad["valid"], n_samples)
         if plan is not None:  # only the validity is cut: the features are stored
             seg_wave = torch.zeros(0)
             seg_valid = cut_audio_valid(self.spec, n_samples, a0, a_starts, valid)
