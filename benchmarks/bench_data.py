@@ -485,21 +485,26 @@ def _floor_all(floor: Callable[[str, Sequence[float]], None], windows: list[tupl
         floor(key, starts)
 
 
-def measure_case(s: Settings, data: dict[str, Any], floor: RawFloor | ShardFloor, key_field: str
-                 ) -> dict[str, Any]:
+def measure_case(s: Settings, data: dict[str, Any], floor: RawFloor | ShardFloor, key_field: str,
+                 whole_epochs: bool = False) -> dict[str, Any]:
     """Dataset batches and the floor on the same windows, alternating round by round (one process, workers=0).
-    Every container either side opened is closed before returning (DataLoader workers are forked later)."""
+    ``whole_epochs`` (shards): each round is one epoch's worth of batches, so every round holds one epoch start,
+    where the shuffle buffer reads most of the epoch's samples before the first batch (rounds of a few batches put
+    those reads in one round of three, which the median then leaves out). Every container either side opened is
+    closed before returning (DataLoader workers are forked later)."""
     import gc
 
     from avssl.lit.datamodule import AVDataModule
 
     dm = AVDataModule(data, seed=0)
     dm.setup("fit")
-    it = _cycle(dm.train_dataloader())
+    loader = dm.train_dataloader()
+    per_round = max(1, len(loader)) if whole_epochs else s.batches_per_round
+    it = _cycle(loader)
     next(it)  # warm-up: readers opened, caches filled
     rounds = []
     for _ in range(s.rounds):
-        batches, wall, cpu = _timed(_take, it, s.batches_per_round)
+        batches, wall, cpu = _timed(_take, it, per_round)
         windows = [(str(k), [float(v) for v in st]) for b in batches
                    for k, st in zip(b[key_field], b["segment_starts"])]
         _, fwall, fcpu = _timed(_floor_all, floor, windows)
@@ -515,6 +520,7 @@ def measure_case(s: Settings, data: dict[str, Any], floor: RawFloor | ShardFloor
         "floor_clips_per_s": med(r["clips"] / r["floor_wall_s"] for r in rounds),
         "floor_clips_per_cpu_s": med(r["clips"] / r["floor_cpu_s"] for r in rounds),
         "ratio_to_floor": med(r["floor_cpu_s"] / r["cpu_s"] for r in rounds),
+        "batches_per_round": per_round,
         "rounds": rounds,
     }
 
@@ -707,7 +713,7 @@ def run(s: Settings, cache: Path, work: Path, log: Callable[[str], None],
                          "write_cpu_s_per_hour": cpu / hours})
             log(f"{name}: measuring")
             data = data_config(s, ["data=shards", f"data.path={out}", f"data.frame_size={px}"])
-            r = measure_case(s, data, ShardFloor(s, out), "key")
+            r = measure_case(s, data, ShardFloor(s, out), "key", whole_epochs=True)
             throughput.append({"case": name, "source": "shards", "media": s.shard_source, "format": rep.name,
                                "size": px, **r})
             for w in s.workers:
@@ -717,7 +723,7 @@ def run(s: Settings, cache: Path, work: Path, log: Callable[[str], None],
                 uname = f"{name} uint8"
                 udata = data_config(s, ["data=shards", f"data.path={out}", f"data.frame_size={px}",
                                         "data.normalise_video=device"])
-                r = measure_case(s, udata, ShardFloor(s, out), "key")
+                r = measure_case(s, udata, ShardFloor(s, out), "key", whole_epochs=True)
                 throughput.append({"case": uname, "source": "shards", "media": s.shard_source, "format": rep.name,
                                    "size": px, "normalise_video": "device", **r})
                 log(f"{uname}: {r['clips_per_cpu_s']:.1f} clips/CPU-s, floor {r['floor_clips_per_cpu_s']:.1f}")

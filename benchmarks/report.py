@@ -57,6 +57,17 @@ def _rel(path: Path) -> str:
         return path.as_posix()
 
 
+def _rounds_text(doc: dict[str, Any]) -> str:
+    """How the ``num_workers=0`` rounds were cut: newer JSONs give shard cases whole epochs per round."""
+    s = doc["settings"]
+    shard = {t["batches_per_round"] for t in doc["throughput"] if t["source"] == "shards" and "batches_per_round" in t}
+    if not shard:
+        return f"{s['rounds']} rounds of {s['batches_per_round']} batches"
+    return (f"{s['rounds']} rounds: raw files {s['batches_per_round']} batches a round, shards one epoch a round "
+            f"({', '.join(str(n) for n in sorted(shard))} batches, so each round holds one epoch start, where the "
+            "shuffle buffer reads most of the epoch's samples)")
+
+
 def bench_data_section(doc: dict[str, Any], source: Path, plot_name: str | None = "data_throughput.png",
                        baseline: tuple[dict[str, Any], Path] | None = None,
                        pairs: Sequence[tuple[dict[str, Any], Path, dict[str, Any], Path]] = ()) -> str:
@@ -73,7 +84,7 @@ def bench_data_section(doc: dict[str, Any], source: Path, plot_name: str | None 
         f"{v['python']}, torch {v['torch']}, torchvision {v['torchvision']}, PyAV {v['av']}, avssl {commit}.",
         f"Clips: batches of {s['batch_size']} clips of {s['num_segments']} x {s['segment_duration']:g} s segments at "
         f"{s['fps']:g} fps, {s['num_mel_bins']}-bin log-mel, one torch thread, `num_workers=0`; "
-        f"{s['rounds']} rounds of {s['batches_per_round']} batches, dataset and floor alternating.",
+        f"{_rounds_text(doc)}, dataset and floor alternating.",
         "",
         "**Clips per second per core.** *per CPU-s*: clips over the process's CPU time (all its threads: the figure "
         "that holds on a loaded machine); *wall*: clips over elapsed time. The floor decodes the same windows of "

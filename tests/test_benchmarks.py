@@ -139,6 +139,23 @@ def test_report_names_how_the_scaling_rate_was_taken(saved_data: tuple[Path, dic
     assert label in header
 
 
+@pytest.mark.parametrize("per_round", [None, 9])
+def test_report_says_how_the_rounds_were_cut(saved_data: tuple[Path, dict[str, Any]], per_round: int | None) -> None:
+    path, doc = copy.deepcopy(saved_data[0]), copy.deepcopy(saved_data[1])
+    for t in doc["throughput"]:
+        t.pop("batches_per_round", None)
+        if per_round is not None and t["source"] == "shards":
+            t["batches_per_round"] = per_round
+    header = next(line for line in report.bench_data_section(doc, path, plot_name=None).splitlines()
+                  if "dataset and floor alternating" in line)
+    s = doc["settings"]
+    if per_round is None:  # older JSONs: one round length for every case
+        assert f"{s['rounds']} rounds of {s['batches_per_round']} batches" in header
+    else:
+        assert f"shards one epoch a round ({per_round} batches" in header
+        assert f"raw files {s['batches_per_round']} batches a round" in header
+
+
 def test_report_section_carries_every_figure(saved_data: tuple[Path, dict[str, Any]], tmp_path: Path) -> None:
     path, doc = saved_data
     section = report.bench_data_section(doc, path)
