@@ -89,6 +89,21 @@ def test_pipe_urls_stream_through_gopen(tmp_path: Path):
     assert list(iter_tar_samples([url])) == _wds_samples([url])
 
 
+def test_pipe_commands_failing_or_closed_early(tmp_path: Path):
+    _write(tmp_path / "s.tar", tarfile.PAX_FORMAT)
+    with pytest.raises(ShardError, match="exit"):  # the whole archive came, then the command failed
+        list(iter_shard_samples([f"pipe:cat {tmp_path / 's.tar'}; exit 3"]))
+    big = tmp_path / "big.tar"  # larger than a pipe's buffer, so the command is still writing when we stop
+    with tarfile.open(big, "w") as tf:
+        for i in range(64):
+            info = tarfile.TarInfo(f"k{i:03d}.bin")
+            info.size = 65536
+            tf.addfile(info, io.BytesIO(bytes(65536)))
+    it = iter_shard_samples([f"pipe:cat {big}"])
+    assert next(it)["__key__"] == "k000"
+    it.close()  # a reader at its quota stops mid-shard: no error
+
+
 def _good(tmp_path: Path) -> bytes:
     _write(tmp_path / "good.tar", tarfile.PAX_FORMAT, float_mtime=True)
     return (tmp_path / "good.tar").read_bytes()

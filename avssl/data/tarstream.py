@@ -153,6 +153,7 @@ def iter_tar_samples(urls: Sequence[str]) -> Iterator[dict[str, Any]]:
             stream = wds_gopen(url, "rb")
         except Exception as e:
             raise TarError(f"{url}: cannot open ({e})") from e
+        read_all = False
         try:
             sample: dict[str, Any] | None = None
             for name, data in iter_tar_files(stream, url):
@@ -167,7 +168,14 @@ def iter_tar_samples(urls: Sequence[str]) -> Iterator[dict[str, Any]]:
                         yield sample
                     sample = {"__key__": key, "__url__": url}
                 sample[suffix] = data
+            read_all = True
             if sample is not None:
                 yield sample
+        except OSError as e:  # (a pipe whose command failed while we read)
+            raise TarError(f"{url}: reading failed ({e})") from e
         finally:
-            stream.close()
+            try:
+                stream.close()  # (a pipe: waits for the command and checks its exit status)
+            except Exception as e:
+                if read_all:  # a reader that stopped early closes the pipe under the command: not an error
+                    raise TarError(f"{url}: {e}") from e
