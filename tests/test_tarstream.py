@@ -89,6 +89,21 @@ def test_pipe_urls_stream_through_gopen(tmp_path: Path):
     assert list(iter_tar_samples([url])) == _wds_samples([url])
 
 
+def test_base256_sizes_read(tmp_path: Path):
+    """GNU tar writes sizes of 8 GiB and more in base-256 (0x80, then big-endian): the same rule at a small size."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.GNU_FORMAT) as tf:
+        info = tarfile.TarInfo("x.bin")
+        info.size = 5
+        tf.addfile(info, io.BytesIO(b"hello"))
+    raw = bytearray(buf.getvalue())
+    raw[124:136] = b"\x80" + (5).to_bytes(11, "big")
+    raw[148:156] = b" " * 8
+    raw[148:156] = b"%06o\x00 " % sum(raw[:512])
+    assert tarfile.open(fileobj=io.BytesIO(bytes(raw))).getmembers()[0].size == 5  # what tarfile reads too
+    assert list(iter_tar_files(io.BytesIO(bytes(raw)), "mem")) == [("x.bin", b"hello")]
+
+
 def test_pipe_commands_failing_or_closed_early(tmp_path: Path):
     _write(tmp_path / "s.tar", tarfile.PAX_FORMAT)
     with pytest.raises(ShardError, match="exit"):  # the whole archive came, then the command failed

@@ -62,9 +62,10 @@ def _read(stream: Any, n: int) -> bytes:
 
 
 def _number(field: bytes, what: str, where: str) -> int:
-    if field[:1] and field[0] & 0x80:  # base-256 (GNU) for values that do not fit in octal
-        value = int.from_bytes(field[1:], "big")
-        return -value if field[0] & 0x40 else value
+    if field[:1] == b"\x80":  # base-256 (GNU, star) for values that do not fit in octal: 0x80, then big-endian
+        return int.from_bytes(field[1:], "big")
+    if field[:1] and field[0] & 0x80:  # (0xff: a negative number, never a valid size or checksum)
+        raise TarError(f"{where}: bad {what} field {field!r} in a tar header")
     text = field.split(b"\x00", 1)[0].strip(b" ")
     try:
         return int(text, 8) if text else 0
@@ -114,7 +115,10 @@ def iter_tar_files(stream: Any, url: str) -> Iterator[tuple[str, bytes]]:
         size = _number(f[4], "size", where)
         kind = f[7]
         if "size" in pending:
-            size = int(pending["size"])
+            try:
+                size = int(pending["size"])
+            except ValueError:
+                raise TarError(f"{where}: bad pax size {pending['size']!r}") from None
         pad = -size % BLOCK
         data = _read(stream, size)  # (one read: no copy of the member beyond the stream's own)
         rest = _read(stream, pad + BLOCK)  # its padding and the next header
