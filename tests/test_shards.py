@@ -136,6 +136,18 @@ def test_stored_segment_keeps_sync_and_missing_audio(tmp_path: Path, fmt: str):
     # (the AAC source's encoder priming, 1024 samples = 64 ms, reads as near-silent valid audio before its start)
     assert 0.6 * 16000 - 2 * 1024 <= lo <= 0.6 * 16000 and hi == meta2["audio"]["num_samples"]
 
+    # read back: a 2 s clip of 4 x 0.5 s is the whole sample; the first segment lies before the audio, the last two
+    # after its start (the reader's partial-validity path); the first sample's audio is all real (the fast path)
+    for out, want in ((tmp_path / "out2", [False, None, True, True]), (tmp_path / "out", [True] * 4)):
+        ds = ShardedClipDataset(ShardIndex.load(out), clip=ClipSpec(4, 0.5), fps=25, frame_size=64, even="none",
+                                shuffle=False)
+        clip = next(iter(ds))
+        for seg, w in zip(clip["audio_valid"], want):
+            if w is not None:
+                assert bool(seg.all()) if w else not bool(seg.any()), (out.name, clip["audio_valid"].float().mean(1))
+        if want[1] is None:
+            assert 0 < float(clip["audio_valid"][1].float().mean()) < 1  # audio starts inside the second segment
+
 
 def test_plan_epoch_even_modes():
     counts = [2, 2, 2, 2, 2, 2, 2, 1]
