@@ -476,6 +476,16 @@ def _timed(fn: Callable[..., Any], *args: Any) -> tuple[Any, float, float]:
     return out, time.perf_counter() - w0, time.process_time() - c0
 
 
+def _kernel_usage() -> tuple[float, int]:
+    """(kernel-mode CPU seconds, minor page faults) of this process so far; (0, 0) where ``resource`` is missing."""
+    try:
+        import resource
+    except ImportError:  # not a Unix
+        return 0.0, 0
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return float(ru.ru_stime), int(ru.ru_minflt)
+
+
 def _take(it: Iterator[dict[str, Any]], n: int) -> list[dict[str, Any]]:
     return [next(it) for _ in range(n)]
 
@@ -504,12 +514,15 @@ def measure_case(s: Settings, data: dict[str, Any], floor: RawFloor | ShardFloor
     next(it)  # warm-up: readers opened, caches filled
     rounds = []
     for _ in range(s.rounds):
+        k0, f0 = _kernel_usage()
         batches, wall, cpu = _timed(_take, it, per_round)
+        k1, f1 = _kernel_usage()
         windows = [(str(k), [float(v) for v in st]) for b in batches
                    for k, st in zip(b[key_field], b["segment_starts"])]
         _, fwall, fcpu = _timed(_floor_all, floor, windows)
         n = len(windows)
-        rounds.append({"clips": n, "wall_s": wall, "cpu_s": cpu, "floor_wall_s": fwall, "floor_cpu_s": fcpu})
+        rounds.append({"clips": n, "wall_s": wall, "cpu_s": cpu, "sys_s": k1 - k0, "minor_faults": f1 - f0,
+                       "floor_wall_s": fwall, "floor_cpu_s": fcpu})
     floor.close()
     del it, dm, batches
     gc.collect()
@@ -520,6 +533,10 @@ def measure_case(s: Settings, data: dict[str, Any], floor: RawFloor | ShardFloor
         "floor_clips_per_s": med(r["clips"] / r["floor_wall_s"] for r in rounds),
         "floor_clips_per_cpu_s": med(r["clips"] / r["floor_cpu_s"] for r in rounds),
         "ratio_to_floor": med(r["floor_cpu_s"] / r["cpu_s"] for r in rounds),
+        # the kernel's part of the dataset's CPU time (mostly page faults on newly allocated batch memory) and the
+        # minor page faults per clip: the part of a case's cost that depends on the allocator and the machine
+        "kernel_share": med(r["sys_s"] / r["cpu_s"] for r in rounds),
+        "minor_faults_per_clip": med(r["minor_faults"] / r["clips"] for r in rounds),
         "batches_per_round": per_round,
         "rounds": rounds,
     }
@@ -629,7 +646,15 @@ def versions(modules: Sequence[str] = ("torch", "torchvision", "av")) -> dict[st
 def machine_facts(load_before: list[float]) -> dict[str, Any]:
     """CPU model, cores, platform and the load average before (given) and now."""
     return {"cpu_model": _cpu_model(), "cores": os.cpu_count() or 0, "load_before": load_before,
-            "load_after": load_average(), "platform": platform.platform()}
+            "load_after": load_average(), "platform": platform.platform(), "env": _tuning_env()}
+
+
+# environment variables that change the measured rates (allocator, threads, preloaded libraries)
+_TUNING_ENV_PREFIXES = ("MALLOC_", "GLIBC_TUNABLES", "THP_", "LD_PRELOAD", "OMP_", "MKL_", "JEMALLOC_", "TCMALLOC_")
+
+
+def _tuning_env() -> dict[str, str]:
+    return {k: v for k, v in sorted(os.environ.items()) if k.startswith(_TUNING_ENV_PREFIXES)}
 
 
 def command_line(argv: Sequence[str] | None, script: str) -> str:
@@ -796,6 +821,14 @@ def validate_result(doc: Any) -> list[str]:
             v = t.get(key)
             if isinstance(v, _NUM) and not v > 0:
                 problems.append(f"throughput[{i}].{key}: {v} is not positive")
+        # added after the first runs (older JSONs lack them): the kernel's share of the CPU time, faults per clip
+        for key in ("kernel_share", "minor_faults_per_clip"):
+            v = t.get(key)
+            if v is not None and not (isinstance(v, _NUM) and not isinstance(v, bool) and v >= 0):
+                problems.append(f"throughput[{i}].{key}: {v!r} is not a number >= 0")
+    env = doc["machine"].get("env", {})
+    if not isinstance(env, dict) or not all(isinstance(v, str) for v in env.values()):
+        problems.append(f"machine.env: {env!r} is not a table of strings")
     return problems
 
 

@@ -91,6 +91,9 @@ def _mutations() -> list[tuple[str, Any]]:
         ("scaling of an unknown case", put("nope", "scaling", 0, "case")),
         ("representation without bytes", drop("representations", 0, "bytes_per_hour")),
         ("media without size", drop("media", 0, "width")),
+        ("kernel share as text", put("high", "throughput", 0, "kernel_share")),
+        ("negative faults", put(-3.0, "throughput", 0, "minor_faults_per_clip")),
+        ("environment value not text", put({"MALLOC_ARENA_MAX": 2}, "machine", "env")),
     ]
 
 
@@ -271,3 +274,34 @@ def test_shard_reader_runs_are_chosen_by_their_settings(tmp_path: Path) -> None:
     (tmp_path / "shard_reader_retain_9.json").write_text(json.dumps(
         {"date": "2026-01-09", "settings": {"malloc": "retain", "output": "float", "batch": 8}}))
     assert report.newest_shard_reader(tmp_path, "retain", "float").name == "shard_reader_retain_1.json"
+
+
+def test_kernel_usage_counts_the_faults_of_new_memory() -> None:
+    """The per-round kernel figures come from getrusage: touching fresh memory adds minor faults, never fewer."""
+    import numpy as np
+
+    k0, f0 = bench_data._kernel_usage()
+    a = np.ones(64 * 1024 * 1024, np.uint8)  # 64 MiB, above glibc's largest mmap threshold: new pages
+    k1, f1 = bench_data._kernel_usage()
+    assert int(a[::4096].sum()) == len(a) // 4096
+    assert k1 >= k0 and f1 - f0 >= 64 * 1024 * 1024 // (2 * 1024 * 1024)  # at least one fault per 2 MiB page
+
+
+def test_report_shows_kernel_share_and_tuning_environment(saved_data: tuple[Path, dict[str, Any]]) -> None:
+    path, doc = copy.deepcopy(saved_data[0]), copy.deepcopy(saved_data[1])
+    for i, t in enumerate(doc["throughput"]):
+        t["kernel_share"], t["minor_faults_per_clip"] = 0.01 * i, 100.0 * i
+    doc["machine"]["env"] = {"MALLOC_MMAP_THRESHOLD_": "200000000"}
+    assert bench_data.validate_result(doc) == []
+    section = report.bench_data_section(doc, path)
+    assert "`MALLOC_MMAP_THRESHOLD_=200000000`" in section and "kernel: CPU share, faults/clip" in section
+    rows = {line.split(" | ")[0].lstrip("| "): line for line in section.splitlines()
+            if line.startswith("| ") and line.count(" | ") >= 9}
+    for t in doc["throughput"]:
+        assert rows[t["case"]].endswith(f" {100 * t['kernel_share']:.0f} %, {t['minor_faults_per_clip']:.0f} |")
+    doc["machine"]["env"] = {}
+    assert "environment variables: none set" in report.bench_data_section(doc, path)
+    # a JSON from before these figures were recorded keeps the old table
+    for t in doc["throughput"]:
+        del t["kernel_share"]
+    assert "kernel:" not in report.bench_data_section(doc, path)
