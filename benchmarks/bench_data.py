@@ -751,6 +751,8 @@ def run(s: Settings, cache: Path, work: Path, log: Callable[[str], None],
                 r = measure_case(s, udata, ShardFloor(s, out), "key", whole_epochs=True)
                 throughput.append({"case": uname, "source": "shards", "media": s.shard_source, "format": rep.name,
                                    "size": px, "normalise_video": "device", **r})
+                for w in s.workers:  # uint8 batches through shared memory: a quarter of the float bytes
+                    scaling.append({"case": uname, **measure_workers(s, udata, w)})
                 log(f"{uname}: {r['clips_per_cpu_s']:.1f} clips/CPU-s, floor {r['floor_clips_per_cpu_s']:.1f}")
     return {"media": doc_media, "representations": reps, "throughput": throughput, "scaling": scaling}
 
