@@ -305,3 +305,18 @@ def test_report_shows_kernel_share_and_tuning_environment(saved_data: tuple[Path
     for t in doc["throughput"]:
         del t["kernel_share"]
     assert "kernel:" not in report.bench_data_section(doc, path)
+
+
+def test_representation_table_carries_float_and_uint8_rates(saved_data: tuple[Path, dict[str, Any]]) -> None:
+    """docs/scaling.md's table: each representation's float rate and, for JPEG, the uint8 rate a GPU worker gets."""
+    path, doc = saved_data
+    table = report.representation_section(doc, path)
+    rows = {line.split(" | ")[0].lstrip("| "): line.split(" | ")[1:] for line in table.splitlines()
+            if line.startswith("| ") and not line.startswith("| ---")}
+    sizes = sorted({int(r["size"]) for r in doc["representations"]})
+    for t in doc["throughput"]:
+        if t["source"] != "shards":
+            continue
+        n, px = t["case"].split(":", 1)[1].split(" ")[0].split("@")
+        col = 2 * sizes.index(int(px)) + (1 if t["case"].endswith(" uint8") else 0)
+        assert rows[n][col] == f"{t['clips_per_cpu_s']:.0f} ({t['ratio_to_floor']:.2f})", t["case"]
