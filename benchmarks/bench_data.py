@@ -21,6 +21,10 @@ What is measured, in one process with ``torch.set_num_threads(1)``:
   and H.264 shards, from memory for shards); ``torchvision.io.decode_jpeg`` on the same JPEG bytes plus the audio
   (JPEG shards). No crop, no normalisation, no log-mel. Dataset and floor alternate round by round, so both see the
   same machine state; ``ratio_to_floor`` is the median of the per-round ratios.
+- **Allocator.** By default (``--malloc worker``) the process first keeps freed memory for reuse exactly as
+  avssl's DataLoader workers do (``data.worker_retain_memory``: glibc ``mallopt``), so the one-process rounds run
+  the data path with the allocator it has in training; ``--malloc default`` leaves glibc's thresholds, under which
+  a float 224 px batch is faulted in afresh each time (the ``kernel_share`` of a case shows how much that costs).
 - **Per core.** ``clips_per_cpu_s`` divides clips by the process's CPU time (all its threads), the figure that
   survives a loaded machine; ``clips_per_s`` is wall-clock. DataLoader scaling (``--workers``) is wall-clock only.
 - **Bytes per hour of media** (files or shard tars over the hours of media they hold) and **write time** (CPU and
@@ -828,6 +832,10 @@ def validate_result(doc: Any) -> list[str]:
             v = t.get(key)
             if v is not None and not (isinstance(v, _NUM) and not isinstance(v, bool) and v >= 0):
                 problems.append(f"throughput[{i}].{key}: {v!r} is not a number >= 0")
+    malloc = doc.get("malloc", {"mode": "default", "applied": False})  # older runs: glibc's defaults
+    if not (isinstance(malloc, dict) and malloc.get("mode") in ("worker", "default")
+            and isinstance(malloc.get("applied"), bool)):
+        problems.append(f"malloc: {malloc!r} is not {{'mode': 'worker' | 'default', 'applied': bool}}")
     env = doc["machine"].get("env", {})
     if not isinstance(env, dict) or not all(isinstance(v, str) for v in env.values()):
         problems.append(f"machine.env: {env!r} is not a table of strings")
@@ -855,6 +863,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                                                                           "a 16-core host)")
     ap.add_argument("--rounds", type=int, default=None)
     ap.add_argument("--sources", nargs="+", choices=("folder", "shards"), default=["folder", "shards"])
+    ap.add_argument("--malloc", choices=("worker", "default"), default="worker",
+                    help="worker (default): this process keeps freed memory as avssl's DataLoader workers do "
+                         "(data.worker_retain_memory, glibc mallopt), so the one-process rounds see a worker's "
+                         "allocator; default: glibc's own thresholds")
     ap.add_argument("--tag", default=None, help="label a side run (e.g. an older avssl on PYTHONPATH); the report "
                                                  "takes its main tables from untagged runs only")
     args = ap.parse_args(argv)
@@ -865,6 +877,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         s = dataclasses.replace(s, workers=tuple(args.workers))
     if args.rounds:
         s = dataclasses.replace(s, rounds=args.rounds)
+    malloc = {"mode": args.malloc, "applied": False}
+    if args.malloc == "worker":
+        from avssl.data._malloc import retain_freed_memory
+
+        malloc["applied"] = retain_freed_memory()  # False where the C library is not glibc
     t0 = time.perf_counter()
     load_before = load_average()
     started = datetime.now(timezone.utc)
@@ -880,7 +897,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             "command": command_line(argv, "bench_data.py"), "cwd": os.getcwd(), "mode": s.mode, "tag": args.tag,
             "environment": {k: os.environ[k] for k in ("PYTHONPATH", "OMP_NUM_THREADS") if k in os.environ},
             "machine": machine_facts(load_before), "versions": versions(), "settings": settings_dict(s), **body,
-            "elapsed_s": time.perf_counter() - t0,
+            "malloc": malloc, "elapsed_s": time.perf_counter() - t0,
         }
         problems = validate_result(doc)
         if problems:

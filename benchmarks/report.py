@@ -68,6 +68,19 @@ def _rounds_text(doc: dict[str, Any]) -> str:
             "shuffle buffer reads most of the epoch's samples)")
 
 
+def _malloc_text(doc: dict[str, Any]) -> str:
+    """The allocator the one-process rounds ran with (``bench_data --malloc``; older runs do not say)."""
+    m = doc.get("malloc")
+    if m is None:
+        return ""
+    if m["mode"] == "worker" and m["applied"]:
+        return (" Allocator: the process keeps freed memory as avssl's DataLoader workers do "
+                "(`data.worker_retain_memory`, glibc `mallopt`; `--malloc worker`).")
+    if m["mode"] == "worker":
+        return " Allocator: `--malloc worker` asked for, not applied (the C library is not glibc)."
+    return " Allocator: glibc's own thresholds (`--malloc default`)."
+
+
 def _env_text(env: dict[str, str]) -> str:
     """The allocator / thread environment variables a run had (``bench_data._tuning_env``)."""
     if not env:
@@ -93,7 +106,7 @@ def bench_data_section(doc: dict[str, Any], source: Path, plot_name: str | None 
         + (_env_text(m["env"]) if "env" in m else ""),
         f"Clips: batches of {s['batch_size']} clips of {s['num_segments']} x {s['segment_duration']:g} s segments at "
         f"{s['fps']:g} fps, {s['num_mel_bins']}-bin log-mel, one torch thread, `num_workers=0`; "
-        f"{_rounds_text(doc)}, dataset and floor alternating.",
+        f"{_rounds_text(doc)}, dataset and floor alternating." + _malloc_text(doc),
         "",
         "**Clips per second per core.** *per CPU-s*: clips over the process's CPU time (all its threads: the figure "
         "that holds on a loaded machine); *wall*: clips over elapsed time. The floor decodes the same windows of "

@@ -94,6 +94,7 @@ def _mutations() -> list[tuple[str, Any]]:
         ("kernel share as text", put("high", "throughput", 0, "kernel_share")),
         ("negative faults", put(-3.0, "throughput", 0, "minor_faults_per_clip")),
         ("environment value not text", put({"MALLOC_ARENA_MAX": 2}, "machine", "env")),
+        ("unknown allocator mode", put({"mode": "jemalloc", "applied": True}, "malloc")),
     ]
 
 
@@ -320,3 +321,22 @@ def test_representation_table_carries_float_and_uint8_rates(saved_data: tuple[Pa
         n, px = t["case"].split(":", 1)[1].split(" ")[0].split("@")
         col = 2 * sizes.index(int(px)) + (1 if t["case"].endswith(" uint8") else 0)
         assert rows[n][col] == f"{t['clips_per_cpu_s']:.0f} ({t['ratio_to_floor']:.2f})", t["case"]
+
+
+@pytest.mark.parametrize("malloc,says", [
+    (None, None),
+    ({"mode": "worker", "applied": True}, "keeps freed memory as avssl's DataLoader workers do"),
+    ({"mode": "worker", "applied": False}, "not applied"),
+    ({"mode": "default", "applied": False}, "glibc's own thresholds"),
+])
+def test_report_names_the_allocator_of_the_run(saved_data: tuple[Path, dict[str, Any]],
+                                               malloc: dict[str, Any] | None, says: str | None) -> None:
+    path, doc = copy.deepcopy(saved_data[0]), copy.deepcopy(saved_data[1])
+    doc.pop("malloc", None)
+    if malloc is not None:
+        doc["malloc"] = malloc
+    assert bench_data.validate_result(doc) == []
+    header = report.bench_data_section(doc, path).split("\n\n")[0]
+    assert ("Allocator:" in header) == (says is not None)
+    if says:
+        assert says in header
