@@ -490,6 +490,19 @@ def _kernel_usage() -> tuple[float, int]:
     return float(ru.ru_stime), int(ru.ru_minflt)
 
 
+def set_allocator(mode: str) -> dict[str, Any]:
+    """``--malloc``: ``worker`` gives this process the allocator settings of avssl's DataLoader workers
+    (``data.worker_retain_memory``); ``default`` leaves glibc's. The JSON's ``malloc`` entry: the mode and whether
+    it took effect (False for ``worker`` where the C library is not glibc)."""
+    if mode not in ("worker", "default"):
+        raise ValueError(f"--malloc {mode!r}: expected 'worker' or 'default'")
+    if mode == "default":
+        return {"mode": mode, "applied": False}
+    from avssl.data._malloc import retain_freed_memory
+
+    return {"mode": mode, "applied": retain_freed_memory()}
+
+
 def _take(it: Iterator[dict[str, Any]], n: int) -> list[dict[str, Any]]:
     return [next(it) for _ in range(n)]
 
@@ -877,11 +890,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         s = dataclasses.replace(s, workers=tuple(args.workers))
     if args.rounds:
         s = dataclasses.replace(s, rounds=args.rounds)
-    malloc = {"mode": args.malloc, "applied": False}
-    if args.malloc == "worker":
-        from avssl.data._malloc import retain_freed_memory
-
-        malloc["applied"] = retain_freed_memory()  # False where the C library is not glibc
+    malloc = set_allocator(args.malloc)
     t0 = time.perf_counter()
     load_before = load_average()
     started = datetime.now(timezone.utc)
