@@ -70,6 +70,7 @@ class ShardsConfig:
     even: str = "drop"  # keep ranks even: drop | pad | none (none: exactly once, ranks may differ)
     shuffle_buffer: int = 256  # samples in each worker's shuffle buffer
     decode_device: str = "auto"  # JPEG frames: auto | cpu (in the workers) | cuda (batched, in the main process)
+    batch_video: bool = True  # workers crop decoded frames straight into the batch tensor (collate)
     write: ShardWriteSettings = field(default_factory=ShardWriteSettings)  # avssl-shards defaults
 
 

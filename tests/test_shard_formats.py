@@ -218,3 +218,45 @@ def test_format_1_shards_still_read():
         torch.testing.assert_close(g["video"], e["video"], rtol=0, atol=1e-5)
         torch.testing.assert_close(g["audio"], e["audio"], rtol=0, atol=1e-4)
         assert g["index"] == e["index"] and g["label"] == e["label"]
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+@pytest.mark.parametrize("output", ["float", "uint8"])
+@pytest.mark.parametrize("fmt", ["jpeg", "h264"])
+def test_batch_video_collate_equals_per_clip_tensors(sources, tmp_path, fmt, output, num_workers):
+    """``batch_video``: clips cropped straight into the batch in ``collate`` (one copy) give batches identical
+    to per-clip tensors collated, with and without a resize, in the main process and in forked workers."""
+    fps, size, _ = SETTINGS[1]
+    write_manifest(tmp_path / "m.csv", [ManifestRow(path=str(sources[fps]), start=START + k * 0.5, end=START
+                                                    + k * 0.5 + 1.5, meta={"label": "a"}) for k in range(4)])
+    cfg = ShardWriteConfig(samples_per_shard=2, max_segment_duration=None, size=size, fps=fps, splits=("train",),
+                           format=fmt)
+    write_shards(tmp_path / "m.csv", tmp_path / "out", cfg)
+    index = ShardIndex.load(tmp_path / "out", "train")
+    transforms = [VideoTransform(size, train=True, scale=s, ratio=r, hflip_p=0.5, output=output)
+                  for s, r in (((1.0, 1.0), (1.0, 1.0)), ((0.6, 1.0), (0.8, 1.25)))]  # crop only; crop + resize
+    ctx = "fork" if num_workers else None
+    for tf in transforms:
+        kw = dict(clip=ClipSpec(2, 0.5), fps=fps, frame_size=size, video_transform=tf, batch_size=2,
+                  num_workers=num_workers, even="drop", seed=SEED)
+        per_clip = ShardedClipDataset(index, **kw)  # type: ignore[arg-type]
+        batched = ShardedClipDataset(index, **kw, batch_video=True)  # type: ignore[arg-type]
+        assert batched.batch_video and not per_clip.batch_video
+        for epoch in (0, 1):  # different crops and flips
+            per_clip.set_epoch(epoch)
+            batched.set_epoch(epoch)
+            a = list(DataLoader(per_clip, batch_size=2, num_workers=num_workers, multiprocessing_context=ctx,
+                                collate_fn=per_clip.collate))
+            b = list(DataLoader(batched, batch_size=2, num_workers=num_workers, multiprocessing_context=ctx,
+                                collate_fn=batched.collate))
+            assert len(a) == len(b) == 2
+            key = "video_uint8" if output == "uint8" else "video"
+            for x, y in zip(a, b):
+                assert set(x) == set(y) and key in y
+                for k in x:
+                    assert torch.equal(x[k], y[k]) if isinstance(x[k], torch.Tensor) else x[k] == y[k], k
+    # samples taken by hand hold the pending clip, which collate finishes
+    sample = next(iter(ShardedClipDataset(index, **{**kw, "num_workers": 0}, batch_video=True)))  # type: ignore[arg-type]
+    assert "video_pending" in sample and "video" not in sample and "video_uint8" not in sample
+    shape = sample["video_pending"].shape
+    assert ShardedClipDataset.collate([sample])[key].shape == (1, *shape)

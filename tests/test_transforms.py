@@ -191,3 +191,26 @@ def test_uint8_output_then_normalize_equals_float_output(train: bool, clip: bool
         VideoTransform(32, output="half")
     with pytest.raises(ValueError, match="normalize expects uint8"):
         VideoTransform(32).normalize(torch.zeros(3, 8, 8, 3))
+
+
+@pytest.mark.parametrize("output", ["float", "uint8"])
+@pytest.mark.parametrize("box", [(0, 5, 24, 24), (2, 0, 20, 26), (0, 0, 24, 32)])  # output size; resize; resize
+@pytest.mark.parametrize("flip", [False, True])
+def test_apply_images_equals_the_transform_of_the_stacked_frames(output, box, flip):
+    """``apply_images`` (crop each decoded image, write into a batch slot) gives exactly ``__call__``'s clip."""
+    g = torch.Generator().manual_seed(0)
+    images = [torch.randint(0, 256, (24, 32, 3), dtype=torch.uint8, generator=g) for _ in range(5)]
+    pos = torch.tensor([[0, 1, 1], [2, 3, 4]])
+    frames = torch.stack([images[i] for i in pos.reshape(-1).tolist()]).view(2, 3, 24, 32, 3)
+    tf = VideoTransform(24, train=True, output=output)
+    p = CropParams(*box, flip=flip)
+    want = tf(frames, params=p)
+    assert tf.output_shape(2, 3) == tuple(want.shape) and tf.output_dtype == want.dtype
+    assert torch.equal(tf.apply_images(images, pos, p), want)
+    batch = torch.full((3, *want.shape), 7, dtype=want.dtype)
+    assert tf.apply_images(images, pos, p, out=batch[1]).data_ptr() == batch[1].data_ptr()
+    assert torch.equal(batch[1], want) and bool((batch[0] == 7).all()) and bool((batch[2] == 7).all())
+    with pytest.raises(ValueError, match="out is"):
+        tf.apply_images(images, pos, p, out=torch.empty(1, dtype=want.dtype))
+    with pytest.raises(ValueError, match="does not fit"):
+        tf.apply_images(images, pos, CropParams(10, 10, 24, 24))

@@ -278,6 +278,13 @@ class ShardedClipDataset(IterableDataset[dict[str, Any]]):
     whole batch in one ``decode_jpeg`` call on a device (CUDA) and crops / normalises there. ``use_logmel``: use a
     stored log-mel where its settings equal ``fbank`` (clips then start on the log-mel's frame grid, 10 ms by
     default); otherwise, or with ``False``, the log-mel is computed from the stored audio.
+
+    ``batch_video`` (format 2 shards, a ``VideoTransform`` with ``share_params=True``): a sample holds its decoded
+    frames and drawn crop as a :class:`PendingVideo` (``video_pending``) instead of its ``video`` /
+    ``video_uint8`` tensor, and :meth:`collate` writes each clip's crop straight into its slot of the batch tensor
+    (in shared memory, in a DataLoader worker): one copy of each clip's pixels, where a per-clip tensor costs a
+    stack of the whole frames, the crop and the batch copy. The batches are identical (``AVDataModule`` turns it
+    on: ``data.shards.batch_video``); samples taken from the dataset by hand then need :meth:`collate`.
     """
 
     def __init__(
@@ -303,6 +310,7 @@ class ShardedClipDataset(IterableDataset[dict[str, Any]]):
         decode: bool = True,
         defer_video: bool = False,
         use_logmel: bool = True,
+        batch_video: bool = False,
     ) -> None:
         if even not in EVEN_MODES:
             raise ValueError(f"ShardedClipDataset: even must be one of {EVEN_MODES}, got {even!r}")
@@ -319,6 +327,9 @@ class ShardedClipDataset(IterableDataset[dict[str, Any]]):
             raise ShardError(f"{index.source}: video decoding in the main process needs jpeg shards; these are "
                              f"{index.config.get('format', 'h264 (format version 1)')!r}")
         self.defer_video, self.use_logmel = bool(defer_video), bool(use_logmel)
+        # (only with a VideoTransform drawing one view per clip: the crop is drawn in the worker, applied in collate)
+        self.batch_video = bool(batch_video) and not self.defer_video and isinstance(
+            self.video_transform, VideoTransform) and self.video_transform.share_params
         self._logmel_said: set[str] = set()
         self._logmel_why: dict[tuple[Any, ...], str | None] = {}  # stored fbank settings -> why not usable
         self.batch_size, self.num_workers, self.even = int(batch_size), int(num_workers), even
@@ -590,10 +601,13 @@ class ShardedClipDataset(IterableDataset[dict[str, Any]]):
             return self._finish(meta, SegmentCut(torch.zeros(0), video_valid, seg_wave, seg_valid), v_starts, cycle,
                                 mel, (jpegs, pos, int(vd["height"]), int(vd["width"])))
         if vd["format"] == "jpeg":
-            clip = clip_frames(decode_jpegs(jpeg_tensors(raw[member], vd, [int(i) for i in need])), pos)
+            images = [im.permute(1, 2, 0) for im in decode_jpegs(jpeg_tensors(raw[member], vd, [int(i) for i in need]))]
         else:
-            clip = torch.from_numpy(decode_frames(raw[member], vd, [int(i) for i in need]))[pos]
-        cut = SegmentCut(clip, video_valid, seg_wave, seg_valid)
+            images = list(torch.from_numpy(decode_frames(raw[member], vd, [int(i) for i in need])).unbind(0))
+        if self.batch_video:
+            cut = SegmentCut(torch.zeros(0), video_valid, seg_wave, seg_valid)
+            return self._finish(meta, cut, v_starts, cycle, mel, None, (images, pos))
+        cut = SegmentCut(clip_frames(images, pos, channels_last=True), video_valid, seg_wave, seg_valid)
         return self._finish(meta, cut, v_starts, cycle, mel, None)
 
     def _cut_v1(self, raw: dict[str, Any], meta: dict[str, Any], cycle: int
@@ -634,15 +648,24 @@ class ShardedClipDataset(IterableDataset[dict[str, Any]]):
         return SegmentCut(frames, fvalid, wave, wvalid), v_local
 
     def _finish(self, meta: dict[str, Any], cut: SegmentCut, v_starts: list[float], cycle: int,
-                mel: torch.Tensor | None, deferred: tuple[list[torch.Tensor], torch.Tensor, int, int] | None
-                ) -> dict[str, Any]:
-        """Transforms, features and the sample dict, exactly as ``AVClipDataset._load`` makes them."""
+                mel: torch.Tensor | None, deferred: tuple[list[torch.Tensor], torch.Tensor, int, int] | None,
+                pending: tuple[list[torch.Tensor], torch.Tensor] | None = None) -> dict[str, Any]:
+        """Transforms, features and the sample dict, exactly as ``AVClipDataset._load`` makes them (``pending``:
+        decoded ``[H, W, 3]`` images and the clip's frame map, cropped later by :meth:`collate`)."""
         seed, epoch = self._sample_key(meta, cycle)
         gen = torch.Generator().manual_seed(int(hash_uniform("view", seed, epoch, 0) * 2.0**53))
         tf = self.video_transform
-        if deferred is None:
-            sample: dict[str, Any] = clip_inputs(self.spec, cut, video_transform=tf,
-                                                 audio_transform=self.audio_transform, generator=gen, mel=mel)
+        sample: dict[str, Any]
+        if pending is not None:
+            assert isinstance(tf, VideoTransform)
+            images, pos = pending
+            p = tf.sample_params(int(images[0].shape[0]), int(images[0].shape[1]), gen)  # the transform's draw
+            sample = {"video_pending": PendingVideo(tf, images, pos, p), "video_valid": cut.frames_valid,
+                      **clip_inputs(self.spec, cut, video_transform=None, audio_transform=self.audio_transform,
+                                    generator=gen, modalities=("audio",), mel=mel)}
+        elif deferred is None:
+            sample = clip_inputs(self.spec, cut, video_transform=tf, audio_transform=self.audio_transform,
+                                 generator=gen, mel=mel)
         else:
             assert isinstance(tf, VideoTransform)
             jpegs, pos, h, w = deferred
@@ -669,11 +692,24 @@ class ShardedClipDataset(IterableDataset[dict[str, Any]]):
     @staticmethod
     def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
         """``default_collate``, except that deferred JPEG frames (``video_jpeg``, byte tensors of different
-        lengths) stay a list per sample."""
+        lengths) stay a list per sample, and pending clips (``video_pending``, ``batch_video``) are cropped straight
+        into one batch tensor ``video`` / ``video_uint8`` (in shared memory in a worker, as ``default_collate``
+        allocates its batches)."""
         jpegs = [s.pop("video_jpeg") for s in samples if "video_jpeg" in s]
+        pending = [s.pop("video_pending") for s in samples if "video_pending" in s]
+        if pending and len(pending) != len(samples):
+            raise ValueError("ShardedClipDataset.collate: some samples hold a pending clip and some do not")
         batch = default_collate(samples)
         if jpegs:
             batch["video_jpeg"] = jpegs
+        if pending:
+            shapes = {pv.shape for pv in pending}
+            if len(shapes) != 1 or len({pv.dtype for pv in pending}) != 1:
+                raise ValueError(f"ShardedClipDataset.collate: clips of different shapes {sorted(shapes)}")
+            out = batch_tensor((len(pending), *pending[0].shape), pending[0].dtype)
+            for b, pv in enumerate(pending):
+                pv.write(out[b])
+            batch[pending[0].key] = out
         return batch
 
     def finish_batch(self, batch: dict[str, Any], device: str | torch.device = "cpu") -> dict[str, Any]:
@@ -701,12 +737,52 @@ class ShardedClipDataset(IterableDataset[dict[str, Any]]):
         return batch
 
 
-def clip_frames(images: Sequence[torch.Tensor], pos: torch.Tensor) -> torch.Tensor:
-    """Decoded RGB images ``[3, H, W]`` and a clip's frame map ``pos`` ``[S, T]`` (indices into ``images``) ->
-    contiguous uint8 ``[S, T, H, W, 3]`` (the transform's layout), on the images' device. ``decode_jpeg`` hands
-    out ``[3, H, W]`` views of interleaved ``[H, W, 3]`` pixels on the CPU, so this is one plain copy of each."""
+@dataclass
+class PendingVideo:
+    """A clip's decoded frames (uint8 ``[H, W, 3]`` images), frame map ``pos`` ``[S, T]`` and drawn crop, left for
+    :meth:`ShardedClipDataset.collate` to write into its batch slot (``batch_video``)."""
+
+    transform: VideoTransform
+    images: list[torch.Tensor]
+    pos: torch.Tensor
+    params: CropParams
+
+    @property
+    def key(self) -> str:
+        """The batch key the clip goes to (as ``avssl.data.preprocess.video_entries`` names it)."""
+        return "video_uint8" if self.transform.output == "uint8" else "video"
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.transform.output_shape(int(self.pos.shape[0]), int(self.pos.shape[1]))
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.transform.output_dtype
+
+    def write(self, out: torch.Tensor) -> torch.Tensor:
+        """The clip the transform makes, written into ``out`` (shaped :attr:`shape`)."""
+        return self.transform.apply_images(self.images, self.pos, self.params, out=out)
+
+
+def batch_tensor(shape: Sequence[int], dtype: torch.dtype) -> torch.Tensor:
+    """An uninitialised tensor for a batch; in a DataLoader worker in shared memory, as ``default_collate``
+    allocates its batches, so handing it to the main process copies nothing."""
+    if get_worker_info() is not None:
+        elem = torch.empty(0, dtype=dtype)
+        storage = elem._typed_storage()._new_shared(math.prod(shape), device=elem.device)
+        return elem.new(storage).resize_(*shape)
+    return torch.empty(tuple(shape), dtype=dtype)
+
+
+def clip_frames(images: Sequence[torch.Tensor], pos: torch.Tensor, channels_last: bool = False) -> torch.Tensor:
+    """Decoded RGB images ``[3, H, W]`` (``channels_last``: ``[H, W, 3]``) and a clip's frame map ``pos``
+    ``[S, T]`` (indices into ``images``) -> contiguous uint8 ``[S, T, H, W, 3]`` (the transform's layout), on the
+    images' device. ``decode_jpeg`` hands out ``[3, H, W]`` views of interleaved ``[H, W, 3]`` pixels on the CPU,
+    so this is one plain copy of each."""
     s, t = pos.shape
-    flat = torch.stack([images[int(i)].permute(1, 2, 0) for i in pos.reshape(-1).tolist()])
+    flat = torch.stack([images[int(i)] if channels_last else images[int(i)].permute(1, 2, 0)
+                        for i in pos.reshape(-1).tolist()])
     return flat.view(s, t, *flat.shape[1:])
 
 
@@ -732,6 +808,7 @@ __all__ = [
     "INDEX_NAME",
     "SHARD_FORMAT_VERSION",
     "EpochPlan",
+    "PendingVideo",
     "ShardError",
     "ShardIndex",
     "ShardedClipDataset",

@@ -145,8 +145,12 @@ class VideoTransform:
         native uint8 kernel), none at all when it already has the output size; the flip is on uint8; then one pass
         to float with the normalisation folded into a scale and a shift (:meth:`normalize`), or, with
         ``output="uint8"``, one contiguous uint8 copy ``[S, T, h, w, 3]``."""
-        s, t = int(frames.shape[0]), int(frames.shape[1])
-        x = frames[:, :, p.top : p.top + p.height, p.left : p.left + p.width]
+        return self._finish_crop(frames[:, :, p.top : p.top + p.height, p.left : p.left + p.width], p)
+
+    def _finish_crop(self, x: torch.Tensor, p: CropParams, out: torch.Tensor | None = None) -> torch.Tensor:
+        """Cropped uint8 ``[S, T, h', w', 3]`` (a view or a copy) -> the output (see :meth:`_apply`), written into
+        ``out`` when given."""
+        s, t = int(x.shape[0]), int(x.shape[1])
         if (p.height, p.width) != self.size:
             y = x.reshape(s * t, p.height, p.width, 3).permute(0, 3, 1, 2)  # [N, 3, h, w], channels-last
             y = TF.resize(y, list(self.size), interpolation=InterpolationMode.BILINEAR, antialias=True)
@@ -154,12 +158,52 @@ class VideoTransform:
         if p.flip:
             x = x.flip(-2)
         if self.output == "uint8":
-            return x.contiguous()
-        return self.normalize(x)
+            return x.contiguous() if out is None else out.copy_(x)
+        return self.normalize(x, out=out)
 
-    def normalize(self, frames: torch.Tensor) -> torch.Tensor:
+    def output_shape(self, num_segments: int, num_frames: int) -> tuple[int, ...]:
+        """The shape of one clip's output: ``[S, 3, T, h, w]`` (float) or ``[S, T, h, w, 3]`` (``output="uint8"``)."""
+        h, w = self.size
+        if self.output == "uint8":
+            return (num_segments, num_frames, h, w, 3)
+        return (num_segments, 3, num_frames, h, w)
+
+    @property
+    def output_dtype(self) -> torch.dtype:
+        return torch.uint8 if self.output == "uint8" else torch.float32
+
+    def apply_images(self, images: Sequence[torch.Tensor], pos: torch.Tensor, params: CropParams,
+                     out: torch.Tensor | None = None) -> torch.Tensor:
+        """The clip ``self(frames, params=params)`` gives for ``frames[s, t] = images[pos[s, t]]`` (decoded uint8
+        ``[H, W, 3]`` images, all one size; ``pos`` ``[S, T]``), without stacking the whole frames first: only
+        each image's crop is copied, and with ``out`` (e.g. a clip's slot of a batch tensor, shaped
+        :meth:`output_shape`) the result is written there, so an uncropped, unflipped clip costs one copy. The
+        values are identical to the transform's."""
+        s, t = (int(n) for n in pos.shape)
+        if not images:
+            raise ValueError("VideoTransform.apply_images: no images")
+        height, width = int(images[0].shape[0]), int(images[0].shape[1])
+        for im in images:
+            if im.dtype != torch.uint8 or im.dim() != 3 or tuple(im.shape) != (height, width, 3):
+                raise ValueError(f"VideoTransform.apply_images expects uint8 [H, W, 3] images of one size, got "
+                                 f"{im.dtype} {tuple(im.shape)} beside {(height, width, 3)}")
+        p = params
+        if p.top + p.height > height or p.left + p.width > width:
+            raise ValueError(f"VideoTransform: crop {p} does not fit frames of {height}x{width}")
+        if out is not None and (tuple(out.shape) != self.output_shape(s, t) or out.dtype != self.output_dtype):
+            raise ValueError(f"VideoTransform.apply_images: out is {out.dtype} {tuple(out.shape)}, the clip is "
+                             f"{self.output_dtype} {self.output_shape(s, t)}")
+        crops = [images[i][p.top : p.top + p.height, p.left : p.left + p.width] for i in pos.reshape(-1).tolist()]
+        if (out is not None and out.is_contiguous() and self.output == "uint8" and not p.flip
+                and (p.height, p.width) == self.size):
+            torch.stack(crops, out=out.view(s * t, p.height, p.width, 3))
+            return out
+        return self._finish_crop(torch.stack(crops).view(s, t, p.height, p.width, 3), p, out)
+
+    def normalize(self, frames: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
         """uint8 ``[..., T, h, w, 3]`` (what ``output="uint8"`` gives, batched or not) -> float32
-        ``[..., 3, T, h, w]``: ``(x / 255 - mean) / std`` in one pass, on the frames' device."""
+        ``[..., 3, T, h, w]``: ``(x / 255 - mean) / std`` in one pass, on the frames' device (into ``out``, a
+        float32 tensor of that shape, when given)."""
         if frames.dtype != torch.uint8 or frames.dim() < 4 or frames.shape[-1] != 3:
             raise ValueError(f"VideoTransform.normalize expects uint8 [..., T, h, w, 3], got "
                              f"{frames.dtype} {tuple(frames.shape)}")
@@ -167,11 +211,19 @@ class VideoTransform:
         x = frames.reshape(-1, *frames.shape[-4:])  # [N, T, h, w, 3]
         scale, shift = self._affine(x.device)
         xv = x.permute(0, 4, 1, 2, 3)  # [N, 3, T, h, w], a view
-        out = torch.empty(xv.shape, dtype=torch.float32, device=x.device)
+        if out is None:
+            dst = torch.empty(xv.shape, dtype=torch.float32, device=x.device)
+        else:
+            want = (*lead, *xv.shape[1:])
+            if tuple(out.shape) != tuple(want) or out.dtype != torch.float32 or not out.is_contiguous():
+                raise ValueError(f"VideoTransform.normalize: out must be contiguous float32 {tuple(want)}, got "
+                                 f"{out.dtype} {tuple(out.shape)}")
+            dst = out.view(xv.shape)
         # the strided uint8 -> float copy first, then the affine in place on contiguous floats: the same values as
         # one mixed-dtype mul from the strided view, for less CPU (benchmarks/ab_normalize.py, docs/benchmarks.md)
-        out.copy_(xv)
-        return out.mul_(scale).add_(shift).reshape(*lead, *out.shape[1:])
+        dst.copy_(xv)
+        dst.mul_(scale).add_(shift)
+        return dst.reshape(*lead, *dst.shape[1:]) if out is None else out
 
     def _affine(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """``(x / 255 - mean) / std`` as ``x * scale + shift``, per channel, shaped ``[1, 3, 1, 1, 1]``."""

@@ -319,7 +319,7 @@ class AVDataModule(pl.LightningDataModule):
             batch_size=int(c["batch_size"] if train else c["val_batch_size"]), num_workers=int(c["num_workers"]),
             even=sh.get("even", "drop") if train else "none", shuffle=train,
             shuffle_buffer=int(sh.get("shuffle_buffer", 256)), seed=self.seed, label_column=c.get("label_column"),
-            defer_video=self._decode_on_device(index))
+            defer_video=self._decode_on_device(index), batch_video=bool(sh.get("batch_video", True)))
 
     def _decode_on_device(self, index: Any) -> bool:
         """``data.shards.decode_device``: True when JPEG frames are decoded in the main process on the training
