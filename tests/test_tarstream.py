@@ -59,7 +59,8 @@ def _wds_samples(urls: list[str]) -> list[dict]:
     (tarfile.USTAR_FORMAT, False, False),  # ustar name prefixes
     (tarfile.PAX_FORMAT, True, True),  # gzip-compressed
 ])
-def test_same_samples_as_webdataset(tmp_path: Path, fmt: int, float_mtime: bool, compress: bool):
+@pytest.mark.parametrize("zero_copy", [False, True])
+def test_same_samples_as_webdataset(tmp_path: Path, fmt: int, float_mtime: bool, compress: bool, zero_copy: bool):
     if fmt == tarfile.USTAR_FORMAT:  # ustar cannot hold a non-ASCII name or a 70-character last part
         members = [(n, d) for n, d in _members() if n.isascii() and n != LONG + ".x.json"]
         buf = io.BytesIO()
@@ -73,9 +74,12 @@ def test_same_samples_as_webdataset(tmp_path: Path, fmt: int, float_mtime: bool,
         _write(tmp_path / "s0.tar", fmt, float_mtime=float_mtime, compress=compress)
     _write(tmp_path / "s1.tar", tarfile.PAX_FORMAT)  # a second shard: samples never span two
     urls = [str(tmp_path / "s0.tar"), str(tmp_path / "s1.tar")]
-    ours, theirs = list(iter_tar_samples(urls)), _wds_samples(urls)
+    ours, theirs = list(iter_tar_samples(urls, zero_copy=zero_copy)), _wds_samples(urls)
     assert [s["__key__"] for s in ours] == [s["__key__"] for s in theirs]
     assert ours == theirs
+    # zero_copy: members of a mapped shard are memoryviews of it (a gzip shard streams and gives bytes)
+    kinds = {type(v) for s in ours[:len(ours) // 2] for k, v in s.items() if not k.startswith("__")}
+    assert kinds == ({memoryview} if zero_copy and not compress else {bytes})
     keys = [s["__key__"] for s in ours]
     assert "__meta__" not in keys and keys.count("a") == 2
     if fmt != tarfile.USTAR_FORMAT:
@@ -142,10 +146,25 @@ def test_broken_archives_raise_naming_the_shard(tmp_path: Path, cut, problem: st
     with pytest.raises(TarError, match=problem) as e:
         list(iter_tar_files(open(bad, "rb"), str(bad)))
     assert str(bad) in str(e.value)
-    with pytest.raises(ShardError, match=f"{bad}.*{problem}"):  # what the dataset raises
-        list(iter_shard_samples([str(bad)]))
+    for zero_copy in (False, True):  # what the dataset raises, streamed or memory-mapped
+        with pytest.raises(ShardError, match=f"{bad}.*{problem}"):
+            list(iter_shard_samples([str(bad)], zero_copy=zero_copy))
 
 
 def test_missing_shard_names_it(tmp_path: Path):
-    with pytest.raises(ShardError, match="nowhere.tar"):
-        list(iter_shard_samples([str(tmp_path / "nowhere.tar")]))
+    for zero_copy in (False, True):
+        with pytest.raises(ShardError, match="nowhere.tar"):
+            list(iter_shard_samples([str(tmp_path / "nowhere.tar")], zero_copy=zero_copy))
+    (tmp_path / "empty.tar").write_bytes(b"")  # (too short to map: read as a stream, and refused)
+    with pytest.raises(ShardError, match="empty.tar.*end-of-archive"):
+        list(iter_shard_samples([str(tmp_path / "empty.tar")], zero_copy=True))
+
+
+def test_mapped_members_outlive_the_reader(tmp_path: Path):
+    """A memory-mapped shard's members stay readable after the reader has finished with the file."""
+    _write(tmp_path / "s.tar", tarfile.PAX_FORMAT)
+    samples = list(iter_tar_samples([str(tmp_path / "s.tar")], zero_copy=True))
+    import gc
+
+    gc.collect()
+    assert bytes(samples[0]["mjpeg"]) == bytes(range(256)) * 7 and samples[0]["mjpeg"].readonly

@@ -254,12 +254,13 @@ def check_shard_settings(index: ShardIndex, *, fps: float, frame_size: int, samp
                          "data.frame_size / data.fbank.sample_rate to the shards' values")
 
 
-def iter_shard_samples(urls: Sequence[str]) -> Iterator[dict[str, Any]]:
+def iter_shard_samples(urls: Sequence[str], zero_copy: bool = False) -> Iterator[dict[str, Any]]:
     """Raw samples (``__key__``, ``__url__`` and the members' bytes: ``json``, ``mjpeg`` / ``h264`` / ``mp4``, ...)
     of the shards, in order (``avssl.data.tarstream``: WebDataset's sample grouping and URL opening, with a lean
-    tar parser). Raises ShardError naming the shard when one does not read."""
+    tar parser; ``zero_copy``: local shards memory-mapped, members ``memoryview`` s). Raises ShardError naming the
+    shard when one does not read."""
     try:
-        yield from iter_tar_samples(urls)
+        yield from iter_tar_samples(urls, zero_copy=zero_copy)
     except TarError as e:
         raise ShardError(f"reading shards: {e}") from e
 
@@ -380,7 +381,7 @@ class ShardedClipDataset(IterableDataset[dict[str, Any]]):
         rng = random.Random(int(hash_uniform("buffer", self.seed, plan.epoch, self.rank, worker) * 2**53))
         cycle = 0
         while True:
-            stream: Iterator[dict[str, Any]] = iter_shard_samples(urls)
+            stream: Iterator[dict[str, Any]] = iter_shard_samples(urls, zero_copy=True)
             if self.shuffle and self.shuffle_buffer > 1:
                 from webdataset.filters import _shuffle
 
@@ -415,7 +416,7 @@ class ShardedClipDataset(IterableDataset[dict[str, Any]]):
             if pos < start:
                 continue
             if not self.decode:
-                meta = json.loads(raw["json"])
+                meta = json.loads(bytes(raw["json"]))
                 sample = {"key": raw["__key__"], "index": torch.tensor(meta["ordinal"]),
                           "cycle": raw["__cycle__"]}
             else:
@@ -531,7 +532,7 @@ class ShardedClipDataset(IterableDataset[dict[str, Any]]):
         key = raw.get("__key__", "?")
         if "json" not in raw:
             raise ShardError(f"{raw.get('__url__')}: sample {key} lacks its json member")
-        meta = json.loads(raw["json"])
+        meta = json.loads(bytes(raw["json"]))
         cycle = int(raw.get("__cycle__", 0))
         try:
             if _version(meta) == 1:

@@ -13,6 +13,8 @@ an archive that ends without its end-of-archive block (a truncated download woul
 from __future__ import annotations
 
 import gzip
+import mmap
+import os
 import re
 import struct
 from collections.abc import Iterator, Sequence
@@ -45,11 +47,39 @@ class _Prepend:
         return out + (self.stream.read(n - len(out)) if len(out) < n else b"")
 
 
-def _read(stream: Any, n: int) -> bytes:
+class _Mapped:
+    """``read`` of a memory-mapped local file: each read is a ``memoryview`` of the mapping (no copy; only the
+    pages a reader touches are read from the page cache). The mapping lives as long as any view of it."""
+
+    def __init__(self, view: memoryview) -> None:
+        self.view, self.pos = view, 0
+
+    @classmethod
+    def open(cls, path: str) -> _Mapped | None:
+        """The mapped file, or None where mapping does not fit (an empty or gzip-compressed file)."""
+        with open(path, "rb") as f:
+            if os.fstat(f.fileno()).st_size < BLOCK:
+                return None
+            view = memoryview(mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ))
+        if view[:2] == b"\x1f\x8b":
+            return None
+        return cls(view)
+
+    def read(self, n: int = -1) -> memoryview:
+        end = len(self.view) if n < 0 else min(len(self.view), self.pos + n)
+        out = self.view[self.pos : end]
+        self.pos = end
+        return out
+
+    def close(self) -> None:
+        self.view = memoryview(b"")  # (the views handed out keep the mapping alive)
+
+
+def _read(stream: Any, n: int) -> bytes | memoryview:
     """Exactly ``n`` bytes, or fewer only at the end of the stream."""
     data = stream.read(n)
     if len(data) == n or not data:
-        return bytes(data)
+        return data if isinstance(data, (bytes, memoryview)) else bytes(data)
     parts = [data]
     got = len(data)
     while got < n:
@@ -91,9 +121,10 @@ def _pax(data: bytes, where: str) -> dict[str, str]:
     return out
 
 
-def iter_tar_files(stream: Any, url: str) -> Iterator[tuple[str, bytes]]:
+def iter_tar_files(stream: Any, url: str) -> Iterator[tuple[str, bytes | memoryview]]:
     """``(name, data)`` of each regular file of the tar archive read from ``stream``, in order (gzip-compressed
-    archives are read through ``gzip``)."""
+    archives are read through ``gzip``); ``data`` is what the stream's ``read`` returns (``bytes``, or a
+    ``memoryview`` from a memory-mapped file)."""
     first = _read(stream, BLOCK)
     if first[:2] == b"\x1f\x8b":
         stream = gzip.GzipFile(fileobj=_Prepend(first, stream), mode="rb")  # type: ignore[call-overload]
@@ -126,6 +157,8 @@ def iter_tar_files(stream: Any, url: str) -> Iterator[tuple[str, bytes]]:
             raise TarError(f"{where}: member of {size} bytes cut short at {len(data)} (truncated?)")
         header = rest[pad:]
         offset += BLOCK + size + pad
+        if kind in (b"x", b"g", b"L", b"K"):
+            data = bytes(data)
         if kind == b"x":
             pending.update(_pax(data, where))
             continue
@@ -147,14 +180,23 @@ def iter_tar_files(stream: Any, url: str) -> Iterator[tuple[str, bytes]]:
             yield name, data
 
 
-def iter_tar_samples(urls: Sequence[str]) -> Iterator[dict[str, Any]]:
+def iter_tar_samples(urls: Sequence[str], zero_copy: bool = False) -> Iterator[dict[str, Any]]:
     """WebDataset samples (``__key__``, ``__url__`` and one ``bytes`` entry per file suffix) of the shards at
-    ``urls``, in order; files named ``__*__`` are metadata and left out. A sample never spans two shards."""
+    ``urls``, in order; files named ``__*__`` are metadata and left out. A sample never spans two shards.
+
+    ``zero_copy``: a shard that is a local file (not gzip-compressed) is memory-mapped and its entries are
+    read-only ``memoryview`` s of the mapping, not ``bytes``: nothing is copied, and only the pages a reader
+    touches (a clip's few frames of a long sample) are read from the page cache. A file must then not be
+    truncated in place while read (replacing it by a rename, as the shard writer does, is safe)."""
     from webdataset import gopen as wds_gopen
 
     for url in urls:
         try:
-            stream = wds_gopen(url, "rb")
+            stream: Any = None
+            if zero_copy and os.path.isfile(url):
+                stream = _Mapped.open(url)
+            if stream is None:
+                stream = wds_gopen(url, "rb")
         except Exception as e:
             raise TarError(f"{url}: cannot open ({e})") from e
         read_all = False
