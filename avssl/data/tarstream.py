@@ -127,7 +127,7 @@ def iter_tar_files(stream: Any, url: str) -> Iterator[tuple[str, bytes | memoryv
     ``memoryview`` from a memory-mapped file)."""
     first = _read(stream, BLOCK)
     if first[:2] == b"\x1f\x8b":
-        stream = gzip.GzipFile(fileobj=_Prepend(first, stream), mode="rb")  # type: ignore[call-overload]
+        stream = gzip.GzipFile(fileobj=_Prepend(bytes(first), stream), mode="rb")  # type: ignore[call-overload]
         first = _read(stream, BLOCK)
     offset, header = 0, first
     pax_global: dict[str, str] = {}
@@ -157,17 +157,15 @@ def iter_tar_files(stream: Any, url: str) -> Iterator[tuple[str, bytes | memoryv
             raise TarError(f"{where}: member of {size} bytes cut short at {len(data)} (truncated?)")
         header = rest[pad:]
         offset += BLOCK + size + pad
-        if kind in (b"x", b"g", b"L", b"K"):
-            data = bytes(data)
         if kind == b"x":
-            pending.update(_pax(data, where))
+            pending.update(_pax(bytes(data), where))
             continue
         if kind == b"g":
-            pax_global.update(_pax(data, where))
+            pax_global.update(_pax(bytes(data), where))
             continue
         if kind in (b"L", b"K"):
             if kind == b"L":
-                pending["path"] = data.split(b"\x00", 1)[0].decode("utf-8", "surrogateescape")
+                pending["path"] = bytes(data).split(b"\x00", 1)[0].decode("utf-8", "surrogateescape")
             continue
         name = pending.get("path") or pax_global.get("path")
         if name is None:
