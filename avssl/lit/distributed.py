@@ -347,7 +347,8 @@ class ExactResumeCallback(Callback):
 # data settings that may change between a run and its resume: they do not change what is trained on
 RESUME_FREE_DATA_KEYS = ("num_workers", "pin_memory", "persistent_workers", "worker_retain_memory", "normalise_video",
                          "path", "demo.cache_dir",
-                         "shards.url_template", "shards.decode_device", "shards.write")
+                         "shards.url_template", "shards.decode_device", "shards.batch_video",
+                         "shards.write")
 
 
 # data settings added after checkpoints existed, with the value that means what runs did before the key: a
