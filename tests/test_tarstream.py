@@ -168,3 +168,26 @@ def test_mapped_members_outlive_the_reader(tmp_path: Path):
 
     gc.collect()
     assert bytes(samples[0]["mjpeg"]) == bytes(range(256)) * 7 and samples[0]["mjpeg"].readonly
+
+
+def test_a_file_that_cannot_be_mapped_is_streamed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """Where the file system refuses ``mmap`` (some network and FUSE mounts), the shard is read as a stream:
+    the same samples, as ``bytes``."""
+    import mmap
+
+    import avssl.data.tarstream as ts
+
+    _write(tmp_path / "s.tar", tarfile.PAX_FORMAT)
+    mapped = list(iter_tar_samples([str(tmp_path / "s.tar")], zero_copy=True))
+
+    calls: list[object] = []
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        calls.append(args)
+        raise OSError(19, "No such device")
+
+    monkeypatch.setattr(ts.mmap, "mmap", refuse)
+    streamed = list(iter_tar_samples([str(tmp_path / "s.tar")], zero_copy=True))
+    assert [{k: bytes(v) if k[:2] != "__" else v for k, v in s.items()} for s in mapped] == streamed
+    assert all(isinstance(v, bytes) for s in streamed for k, v in s.items() if k[:2] != "__")
+    assert len(calls) == 1 and mmap.mmap is refuse  # (the reader did try to map the file)

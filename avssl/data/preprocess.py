@@ -33,7 +33,8 @@ from avssl.data.sampling import ClipSpec
 from avssl.data.transforms import IMAGENET_MEAN, IMAGENET_STD, SpecAugment, VideoTransform
 
 __all__ = ["EPS", "PreprocessSpec", "Preprocessor", "SegmentCut", "audio_window", "clip_inputs", "cut_audio",
-           "cut_audio_valid", "cut_video", "decode_size", "resample", "select_latest", "video_entries"]
+           "cut_audio_valid", "cut_video", "decode_size", "resample", "select_latest", "video_entries",
+           "video_key"]
 
 EPS = 1e-6  # seconds: a frame whose time is within EPS after a target still counts as on screen at it
 
@@ -217,13 +218,19 @@ def clip_inputs(spec: PreprocessSpec, cut: SegmentCut, *, video_transform: Calla
     return out
 
 
+def video_key(dtype: torch.dtype) -> str:
+    """The sample / batch key of a transform's video output of ``dtype``: ``video_uint8`` for uint8 frames
+    ``[S, T, h, w, 3]`` (normalised once the batch has moved: ``AVDataModule.on_after_batch_transfer``), else
+    ``video`` (float ``[S, 3, T, h, w]``). The one naming rule, also for clips written straight into a batch
+    (``avssl.data.shards.PendingVideo``)."""
+    return "video_uint8" if dtype == torch.uint8 else "video"
+
+
 def video_entries(video: Tensor, valid: Tensor) -> dict[str, Tensor]:
-    """A sample's video keys from a transform's output: float ``video`` ``[S, 3, T, h, w]``, or, from a
-    ``VideoTransform(output="uint8")``, ``video_uint8`` ``[S, T, h, w, 3]`` (normalised once the batch has moved:
-    ``AVDataModule.on_after_batch_transfer``); with ``video_valid`` ``[S, T]``."""
+    """A sample's video keys from a transform's output (:func:`video_key`), with ``video_valid`` ``[S, T]``."""
     if video.dtype == torch.uint8:
-        return {"video_uint8": video, "video_valid": valid}
-    return {"video": video.float(), "video_valid": valid}
+        return {video_key(video.dtype): video, "video_valid": valid}
+    return {video_key(torch.float32): video.float(), "video_valid": valid}
 
 
 def select_latest(times: Tensor | np.ndarray, targets: np.ndarray | Tensor) -> tuple[Tensor, Tensor]:

@@ -63,6 +63,7 @@ from avssl.data.preprocess import (
     cut_audio_valid,
     cut_video,
     select_latest,
+    video_key,
 )
 from avssl.data.sampling import ClipSpec, audio_offsets, clip_start, hash_uniform, video_id
 from avssl.data.shard_formats import (
@@ -331,6 +332,9 @@ class ShardedClipDataset(IterableDataset[dict[str, Any]]):
         # (only with a VideoTransform drawing one view per clip: the crop is drawn in the worker, applied in collate)
         self.batch_video = bool(batch_video) and not self.defer_video and isinstance(
             self.video_transform, VideoTransform) and self.video_transform.share_params
+        if batch_video and not self.batch_video and not self.defer_video:
+            log.info("ShardedClipDataset: batch_video needs a VideoTransform with share_params=True (got %r): "
+                     "clips are made one tensor each and collated as usual", self.video_transform)
         self._logmel_said: set[str] = set()
         self._logmel_why: dict[tuple[Any, ...], str | None] = {}  # stored fbank settings -> why not usable
         self.batch_size, self.num_workers, self.even = int(batch_size), int(num_workers), even
@@ -750,8 +754,8 @@ class PendingVideo:
 
     @property
     def key(self) -> str:
-        """The batch key the clip goes to (as ``avssl.data.preprocess.video_entries`` names it)."""
-        return "video_uint8" if self.transform.output == "uint8" else "video"
+        """The batch key the clip goes to (``avssl.data.preprocess.video_key``, the rule every sample follows)."""
+        return video_key(self.dtype)
 
     @property
     def shape(self) -> tuple[int, ...]:

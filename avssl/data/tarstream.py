@@ -56,11 +56,16 @@ class _Mapped:
 
     @classmethod
     def open(cls, path: str) -> _Mapped | None:
-        """The mapped file, or None where mapping does not fit (an empty or gzip-compressed file)."""
+        """The mapped file, or None where mapping does not fit (an empty or gzip-compressed file) or the file
+        system refuses to map the file (``mmap`` raises ``OSError`` on some network and FUSE file systems): the
+        caller then streams it."""
         with open(path, "rb") as f:
             if os.fstat(f.fileno()).st_size < BLOCK:
                 return None
-            view = memoryview(mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ))
+            try:
+                view = memoryview(mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ))
+            except (OSError, ValueError):
+                return None
         if view[:2] == b"\x1f\x8b":
             return None
         return cls(view)
