@@ -289,16 +289,18 @@ def train_section(doc: dict[str, Any], source: Path) -> str:
     return "\n".join(lines)
 
 
-SHARD_READER_RUNS = (("default", "float"), ("retain", "float"), ("retain", "uint8"))  # the columns, in order
+# the columns, in order: (malloc, output, batch)
+SHARD_READER_RUNS = (("default", "float", 1), ("retain", "float", 1), ("retain", "uint8", 1), ("retain", "uint8", 8))
 
 
-def newest_shard_reader(results: Path, malloc: str, output: str) -> Path | None:
-    """The newest bench_shard_reader JSON run with ``--malloc malloc --output output``, chosen by the run's own
-    settings (a file-name glob such as ``shard_reader_retain_*`` also matches the ``retain_uint8`` runs), one sample
-    at a time (``--batch`` runs are cited in the prose, not tabled)."""
+def newest_shard_reader(results: Path, malloc: str, output: str, batch: int = 1) -> Path | None:
+    """The newest bench_shard_reader JSON run with ``--malloc malloc --output output --batch batch``, chosen by the
+    run's own settings (a file-name glob such as ``shard_reader_retain_*`` also matches the ``retain_uint8``
+    runs)."""
     def match(doc: dict[str, Any]) -> bool:
         st = doc.get("settings", {})
-        return bool(st.get("malloc") == malloc and st.get("output", "float") == output and st.get("batch", 1) == 1)
+        return bool(st.get("malloc") == malloc and st.get("output", "float") == output
+                    and st.get("batch", 1) == batch)
 
     return newest("shard_reader_*.json", results, where=match)
 
@@ -313,16 +315,29 @@ def shard_reader_section(runs: list[tuple[dict[str, Any], Path]]) -> str:
                      f"{st['rounds']} rounds; load average "
                      f"{[round(x, 2) for x in m['load_before']]} -> {[round(x, 2) for x in m['load_after']]}; "
                      f"torch {v['torch']}, torchvision {v['torchvision']}, PyAV {v['av']}).")
-    lines += ["", "| case (px-audio-crop) | " + " | ".join(
-        f"malloc {d['settings']['malloc']}{', uint8 out' if d['settings'].get('output') == 'uint8' else ''}: "
-        "reader / floor clips per CPU-s (ratio), faults per clip" for d, _ in runs) + " |", "| --- |" + " --- |" * len(runs)]
+    def head(d: dict[str, Any]) -> str:
+        st = d["settings"]
+        out = f"malloc {st['malloc']}{', uint8 out' if st.get('output') == 'uint8' else ''}"
+        out += f", batches of {st['batch']} (batch_video)" if st.get("batch", 1) > 1 else ""
+        bound = any("bound_ratio" in c for c in d["cases"])
+        return out + (": reader / floor clips per CPU-s (ratio); bound (ratio); faults per clip" if bound else
+                      ": reader / floor clips per CPU-s (ratio), faults per clip")
+
+    lines += ["", "| case (px-audio-crop) | " + " | ".join(head(d) for d, _ in runs) + " |",
+              "| --- |" + " --- |" * len(runs)]
     cases = [c["case"] for c in runs[0][0]["cases"]]
     for case in cases:
         cells = []
         for d, _ in runs:
             c = next((x for x in d["cases"] if x["case"] == case), None)
-            cells.append("-" if c is None else f"{c['clips_per_cpu_s']:.0f} / {c['floor_clips_per_cpu_s']:.0f} "
-                         f"({c['ratio']:.2f}), {c['faults_per_clip']:.0f}")
+            if c is None:
+                cells.append("-")
+            elif "bound_ratio" in c:
+                cells.append(f"{c['clips_per_cpu_s']:.0f} / {c['floor_clips_per_cpu_s']:.0f} ({c['ratio']:.2f}); "
+                             f"{c['bound_clips_per_cpu_s']:.0f} ({c['bound_ratio']:.2f}); {c['faults_per_clip']:.0f}")
+            else:
+                cells.append(f"{c['clips_per_cpu_s']:.0f} / {c['floor_clips_per_cpu_s']:.0f} "
+                             f"({c['ratio']:.2f}), {c['faults_per_clip']:.0f}")
         lines.append(f"| {case} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -390,8 +405,8 @@ def render(text: str, results: Path = RESULTS, scaling_text: str | None = None
                                                                       pairs=baseline_pairs(results)))
     if src is not None and data_doc is not None and scaling_text is not None:
         scaling_text = replace_section(scaling_text, "representation", representation_section(data_doc, src))
-    readers = [(json.loads(p.read_text()), p) for p in (newest_shard_reader(results, malloc, output)
-                                                         for malloc, output in SHARD_READER_RUNS)
+    readers = [(json.loads(p.read_text()), p) for p in (newest_shard_reader(results, malloc, output, batch)
+                                                         for malloc, output, batch in SHARD_READER_RUNS)
                if p is not None]
     if readers:
         text = replace_section(text, "shard_reader", shard_reader_section(readers))

@@ -267,14 +267,15 @@ def test_shard_reader_runs_are_chosen_by_their_settings(tmp_path: Path) -> None:
     for name, (malloc, output, date) in runs.items():
         settings = {"malloc": malloc} if output is None else {"malloc": malloc, "output": output}
         (tmp_path / name).write_text(json.dumps({"date": date, "settings": settings}))
-    pick = [report.newest_shard_reader(tmp_path, m, o) for m, o in report.SHARD_READER_RUNS]
+    pick = [report.newest_shard_reader(tmp_path, m, o, b) for m, o, b in report.SHARD_READER_RUNS]
     assert [p.name if p else None for p in pick] == [
-        "shard_reader_default_1.json", "shard_reader_retain_1.json", "shard_reader_retain_uint8_2.json"]
+        "shard_reader_default_1.json", "shard_reader_retain_1.json", "shard_reader_retain_uint8_2.json", None]
     assert report.newest_shard_reader(tmp_path, "default", "uint8") is None
-    # a newer run that collated batches (--batch 8) is cited in the prose, not put in the one-sample table
-    (tmp_path / "shard_reader_retain_9.json").write_text(json.dumps(
-        {"date": "2026-01-09", "settings": {"malloc": "retain", "output": "float", "batch": 8}}))
-    assert report.newest_shard_reader(tmp_path, "retain", "float").name == "shard_reader_retain_1.json"
+    # a newer run that collated batches (--batch 8) fills the batched column only, not a one-sample one
+    (tmp_path / "shard_reader_retain_uint8_b8_9.json").write_text(json.dumps(
+        {"date": "2026-01-09", "settings": {"malloc": "retain", "output": "uint8", "batch": 8}}))
+    assert report.newest_shard_reader(tmp_path, "retain", "uint8").name == "shard_reader_retain_uint8_2.json"
+    assert report.newest_shard_reader(tmp_path, "retain", "uint8", 8).name == "shard_reader_retain_uint8_b8_9.json"
 
 
 def test_kernel_usage_counts_the_faults_of_new_memory() -> None:
@@ -354,3 +355,20 @@ def test_set_allocator_records_what_took_effect() -> None:
     assert worker == {"mode": "worker", "applied": glibc}
     with pytest.raises(ValueError, match="jemalloc"):
         bench_data.set_allocator("jemalloc")
+
+
+def test_bench_shard_reader_small_run_reports_reader_bound_and_floor(tmp_path: Path) -> None:
+    """``benchmarks/bench_shard_reader.py`` at toy sizes: every case reports the reader, the bound (the floor plus
+    the crop/flip/log-mel kernels, ``bound_clip``) and the floor, with batches collated through batch_video."""
+    import bench_shard_reader
+
+    doc = bench_shard_reader.main(["--sizes", "48", "--files", "2", "--seconds", "3", "--rounds", "1",
+                                   "--batch", "2", "--output", "uint8", "--cache", str(tmp_path)])
+    assert doc["settings"]["batch"] == 2 and doc["settings"]["output"] == "uint8"
+    assert [c["case"] for c in doc["cases"]] == ["48-pcm-full", "48-pcm-rrc", "48-logmel-full", "48-logmel-rrc"]
+    for c in doc["cases"]:
+        assert c["clips_per_cpu_s"] > 0 and c["floor_clips_per_cpu_s"] > 0 and c["bound_clips_per_cpu_s"] > 0
+        assert c["rounds"][0]["clips"] == doc["settings"]["samples"] > 0
+        assert math.isclose(c["bound_ratio"], c["rounds"][0]["floor_cpu_s"] / c["rounds"][0]["bound_cpu_s"])
+    section = report.shard_reader_section([(doc, tmp_path / "shard_reader_retain_uint8_b2_x.json")])
+    assert "batches of 2 (batch_video)" in section and "bound (ratio)" in section

@@ -210,6 +210,10 @@ def test_apply_images_equals_the_transform_of_the_stacked_frames(output, box, fl
     batch = torch.full((3, *want.shape), 7, dtype=want.dtype)
     assert tf.apply_images(images, pos, p, out=batch[1]).data_ptr() == batch[1].data_ptr()
     assert torch.equal(batch[1], want) and bool((batch[0] == 7).all()) and bool((batch[2] == 7).all())
+    if output == "uint8":  # a strided slot is written too
+        strided = torch.zeros(tuple(reversed(want.shape)), dtype=want.dtype).permute(*reversed(range(want.dim())))
+        assert not strided.is_contiguous() and torch.equal(tf.apply_images(images, pos, p, out=strided), want)
+        assert torch.equal(strided, want)
     with pytest.raises(ValueError, match="out is"):
         tf.apply_images(images, pos, p, out=torch.empty(1, dtype=want.dtype))
     with pytest.raises(ValueError, match="does not fit"):

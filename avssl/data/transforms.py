@@ -194,11 +194,22 @@ class VideoTransform:
             raise ValueError(f"VideoTransform.apply_images: out is {out.dtype} {tuple(out.shape)}, the clip is "
                              f"{self.output_dtype} {self.output_shape(s, t)}")
         crops = [images[i][p.top : p.top + p.height, p.left : p.left + p.width] for i in pos.reshape(-1).tolist()]
-        if (out is not None and out.is_contiguous() and self.output == "uint8" and not p.flip
-                and (p.height, p.width) == self.size):
-            torch.stack(crops, out=out.view(s * t, p.height, p.width, 3))
-            return out
-        return self._finish_crop(torch.stack(crops).view(s, t, p.height, p.width, 3), p, out)
+        if (p.height, p.width) != self.size:  # resized: the flip comes after the resize (:meth:`_finish_crop`)
+            return self._finish_crop(torch.stack(crops).view(s, t, p.height, p.width, 3), p, out)
+        direct = out is not None and out.is_contiguous() and self.output == "uint8"
+        dst = out.view(s * t, p.height, p.width, 3) if direct else torch.empty(  # type: ignore[union-attr]
+            (s * t, p.height, p.width, 3), dtype=torch.uint8)
+        if p.flip:  # one frame at a time, so each flipped frame is copied while it is still in the cache
+            for j, crop in enumerate(crops):
+                dst[j].copy_(crop.flip(1))
+        else:
+            torch.stack(crops, out=dst)
+        if direct:
+            return out  # type: ignore[return-value]
+        x = dst.view(s, t, p.height, p.width, 3)
+        if self.output == "uint8":
+            return x if out is None else out.copy_(x)
+        return self.normalize(x, out=out)
 
     def normalize(self, frames: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
         """uint8 ``[..., T, h, w, 3]`` (what ``output="uint8"`` gives, batched or not) -> float32
